@@ -1,0 +1,5 @@
+import sys
+
+from mgte.cli import main
+
+sys.exit(main())

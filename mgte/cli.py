@@ -1,0 +1,172 @@
+"""The `mgte` command. Every `serve` flag has an MGTE_* environment variable; `--help` is the reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mgte import __version__
+from mgte.errors import UserError
+from mgte_udf import protocol
+from mgte_udf.errors import MgteError
+
+DEFAULT_MODEL = "Alibaba-NLP/gte-multilingual-base"
+DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (UserError, MgteError) as exc:
+        print(f"mgte: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 2 if isinstance(exc, UserError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgte", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mgte {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the model server", description=(
+        "Serve the mGTE embedding model (and optionally the reranker) to every PostgreSQL backend "
+        "and Python client on this machine over one Unix socket."))
+    _option(serve, "--model", "MGTE_MODEL", DEFAULT_MODEL,
+            "embedding model: a checkpoint directory, a hub id (cached, or downloaded when the hub is "
+            "reachable; HF_HUB_OFFLINE=1 forbids downloads), or 'tiny' for a built-in random-weight model")
+    _option(serve, "--reranker", "MGTE_RERANKER", "",
+            f"reranker, the same kinds of value as --model (e.g. {DEFAULT_RERANKER}); empty for none: "
+            "rerank requests then fail with 'no reranker loaded'")
+    _option(serve, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "Unix socket to listen on",
+            type=Path)
+    _option(serve, "--socket-mode", "MGTE_SOCKET_MODE", "0660",
+            "permissions of the socket file, octal; the default admits the owner and the group only",
+            type=_octal)
+    _option(serve, "--socket-group", "MGTE_SOCKET_GROUP", None,
+            "group that owns the socket file (e.g. postgres, so that PostgreSQL backends can connect)")
+    _option(serve, "--device", "MGTE_DEVICE", "auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    _option(serve, "--dtype", "MGTE_DTYPE", "auto",
+            "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16")
+    _option(serve, "--max-batch-tokens", "MGTE_MAX_BATCH_TOKENS", 0,
+            "padded tokens per model batch; 0 picks 16384 on CPU and 65536 on CUDA", type=_natural)
+    _option(serve, "--max-request-texts", "MGTE_MAX_REQUEST_TEXTS", 1024,
+            "texts (or documents) in one request; clients split bigger calls", type=_positive)
+    _option(serve, "--max-request-bytes", "MGTE_MAX_REQUEST_BYTES", 16 << 20,
+            "bytes in one request frame", type=_positive)
+    _option(serve, "--max-queue-texts", "MGTE_MAX_QUEUE_TEXTS", 16384,
+            "texts waiting for the model; beyond it requests are refused as overloaded", type=_positive)
+    _option(serve, "--max-connections", "MGTE_MAX_CONNECTIONS", 1024, "open client connections",
+            type=_positive)
+    _option(serve, "--threads", "MGTE_THREADS", 0, "CPU threads for the model; 0 lets torch choose",
+            type=_natural)
+    _option(serve, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error")
+    serve.set_defaults(run=_serve)
+
+    info = commands.add_parser("info", help="print a running server's models, limits and counters")
+    _option(info, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
+    info.set_defaults(run=_info)
+
+    demo = commands.add_parser("demo", help="hybrid multilingual search in a private PostgreSQL cluster",
+                               description=(
+        "Start a private PostgreSQL cluster and an mgte server, store sample documents in several "
+        "languages with their dense and sparse weights, and answer one query per language."))
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: %(default)s)")
+    demo.add_argument("--reranker", default=DEFAULT_RERANKER, help="reranker (default: %(default)s)")
+    demo.add_argument("--datadir", type=Path, default=None,
+                      help="where the cluster lives (default: a directory under the system's temp dir)")
+    demo.add_argument("--keep", action="store_true",
+                      help="leave the cluster and the server running, and print how to connect")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, help: str,
+            type: Callable[[str], Any] = str) -> None:
+    # argparse converts a string default with `type`, so a bad variable is reported like a bad flag.
+    value = os.environ.get(env)
+    parser.add_argument(flag, default=value if value is not None else default, type=type,
+                        help=f"{help} [env {env}; default {default}]")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    from mgte.checkpoint import load_checkpoint
+    from mgte.runtime import Embedder, Reranker, resolve_device, resolve_dtype
+    from mgte.server import Limits, Server, Settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
+    transformers.utils.logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    limits = Limits(
+        max_request_texts=args.max_request_texts,
+        max_request_bytes=args.max_request_bytes,
+        max_queue_texts=args.max_queue_texts,
+        max_batch_tokens=args.max_batch_tokens or (65536 if device.type == "cuda" else 16384),
+        max_connections=args.max_connections,
+    )
+    if limits.max_queue_texts < limits.max_request_texts:
+        raise UserError(f"--max-queue-texts ({limits.max_queue_texts}) is below --max-request-texts "
+                        f"({limits.max_request_texts}): the largest request could never be queued")
+    embedder = Embedder(load_checkpoint(args.model, "embedding"), device, dtype)
+    reranker = Reranker(load_checkpoint(args.reranker, "reranker"), device, dtype) if args.reranker else None
+    settings = Settings(socket_path=args.socket, socket_mode=args.socket_mode,
+                        socket_group=args.socket_group, limits=limits)
+    Server(settings, embedder, reranker).run()
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from mgte.client import Client
+
+    with Client(str(args.socket), timeout=10) as client:
+        print(json.dumps(client.info(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mgte.demo import run_demo
+
+    return run_demo(model=args.model, reranker=args.reranker, datadir=args.datadir, keep=args.keep)
+
+
+def _octal(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an octal file mode such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a file mode (0000 to 0777)")
+    return mode
+
+
+def _natural(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = _natural(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number

@@ -1,0 +1,172 @@
+"""The models in memory: tokenising with truncation reported, and running padded batches.
+
+The server's batcher decides what goes into a batch; this module only runs one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+
+from mgte import heads
+from mgte.checkpoint import Checkpoint
+from mgte.errors import UserError
+from mgte.gte_config import GTE_CLASS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One model input. `length` counts the tokens before truncation, specials included."""
+
+    ids: list[int]
+    length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.ids)
+
+
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    first_token: torch.Tensor  # float32 [hidden], the `<s>` state before any head
+    sparse: heads.SparseVector
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {spec} requested but this torch build sees no CUDA GPU",
+                        hint="use --device cpu, or install a CUDA build of torch")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """float32 on CPU; bfloat16 on GPUs that have it, float16 on older ones."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if spec not in DTYPES:
+        raise UserError(f"unknown dtype {spec!r}", hint=f"use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+class Model:
+    """A checkpoint's tokenizer and network on one device. Not thread-safe: one batch at a time."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+        self.checkpoint = checkpoint
+        self.device = device
+        self.dtype = dtype
+        self.max_length = int(checkpoint.config.max_position_embeddings)
+        self.hidden_size = int(checkpoint.config.hidden_size)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            checkpoint.path, config=checkpoint.config, trust_remote_code=False)
+        if self.tokenizer.pad_token_id is None:
+            raise UserError(f"the tokenizer of {checkpoint.source} has no padding token")
+        model_class = getattr(transformers, GTE_CLASS[checkpoint.kind])
+        module, loading = model_class.from_pretrained(
+            checkpoint.path, config=checkpoint.config, dtype=dtype, attn_implementation="sdpa",
+            output_loading_info=True, trust_remote_code=False)
+        if loading["missing_keys"] or loading.get("mismatched_keys"):
+            missing = sorted(loading["missing_keys"]) + [str(k) for k in loading.get("mismatched_keys", [])]
+            raise UserError(f"{checkpoint.source}: weights missing or of the wrong shape: {', '.join(missing[:8])}",
+                            hint="the checkpoint is incomplete or not an mGTE model; download it again")
+        self.module = module.to(device).eval()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.checkpoint.source,
+            "path": str(self.checkpoint.path),
+            "format": self.checkpoint.format,
+            "kind": self.checkpoint.kind,
+            "hidden_size": self.hidden_size,
+            "max_length": self.max_length,
+            "vocab_size": int(self.checkpoint.config.vocab_size),
+            "parameters": sum(p.numel() for p in self.module.parameters()),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[Any]:
+        raise NotImplementedError
+
+    def _truncate(self, encoded: list[list[int]], redo: Any) -> list[Tokens]:
+        """Keeps inputs that fit; re-encodes the others with the tokenizer's own truncation."""
+        long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
+        out = [Tokens(ids, len(ids)) for ids in encoded]
+        if long:
+            for i, ids in zip(long, redo(long)):
+                out[i] = Tokens(ids, len(encoded[i]))
+        return out
+
+    def _padded(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, :len(ids)] = 1
+        return input_ids, mask
+
+
+class Embedder(Model):
+    """gte-multilingual-base: dense (first-token state) and sparse (per-token weight) outputs."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(checkpoint, device, dtype)
+        tok = self.tokenizer
+        self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
+                                                         tok.unk_token_id) if i is not None}))
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
+        encoded = self.tokenizer(list(texts), return_attention_mask=False, verbose=False)["input_ids"]
+        return self._truncate(encoded, lambda idx: self.tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=self.max_length,
+            return_attention_mask=False, verbose=False)["input_ids"])
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
+        input_ids, mask = self._padded(batch)
+        # The backbone and the classifier separately: GteForTokenClassification would only
+        # give the hidden state by keeping every layer's.
+        hidden = self.module.gte(input_ids=input_ids.to(self.device),
+                                 attention_mask=mask.to(self.device)).last_hidden_state
+        first = hidden[:, 0].float().cpu()
+        token_weights = torch.relu(self.module.classifier(hidden)[..., 0].float()).cpu()
+        return [
+            EmbeddingOutput(first[row], heads.sparse(input_ids[row, :len(ids)], token_weights[row, :len(ids)],
+                                                     self._drop_ids))
+            for row, ids in enumerate(batch)
+        ]
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+
+class Reranker(Model):
+    """gte-multilingual-reranker-base: one logit per (query, document) pair."""
+
+    def tokenize(self, query: str, documents: Sequence[str]) -> list[Tokens]:
+        queries = [query] * len(documents)
+        encoded = self.tokenizer(queries, list(documents), return_attention_mask=False, verbose=False)["input_ids"]
+        return self._truncate(encoded, lambda idx: self.tokenizer(
+            [query] * len(idx), [documents[i] for i in idx], truncation="longest_first",
+            max_length=self.max_length, return_attention_mask=False, verbose=False)["input_ids"])
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        input_ids, mask = self._padded(batch)
+        out = self.module(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+        return [float(x) for x in out.logits[:, 0].float().cpu().tolist()]

@@ -1,0 +1,149 @@
+"""What the extension's PL/Python bodies call: settings, one client per backend, Postgres errors.
+
+Each SQL function's body is one import and one call into this module, so that all of the
+logic can be tested without PostgreSQL. `plpy` and `GD` are PL/Python's own objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mgte_udf
+from mgte_udf import protocol
+from mgte_udf.client import DEFAULT_TIMEOUT, Client
+from mgte_udf.errors import MgteError
+
+_SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
+                 "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms")
+
+
+def check_version(plpy: Any, sql_version: str) -> None:
+    if mgte_udf.__version__ != sql_version:
+        plpy.error(
+            f"the mgte extension's SQL is version {sql_version} but its Python client is "
+            f"{mgte_udf.__version__}", sqlstate="XX000",
+            hint="reconnect after ALTER EXTENSION mgte UPDATE; if that does not help, reinstall "
+                 "the extension (make -C extension install)")
+
+
+def embed(plpy: Any, GD: dict[str, Any], text: str | None, dim: int | None) -> str | None:
+    if text is None:
+        return None
+    result = _call(plpy, GD, lambda client: client.encode([text], dense=True, dim=dim))
+    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+    assert result.dense is not None
+    return _vector_literal(result.dense[0])
+
+
+def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int | None) -> list[str | None] | None:
+    if texts is None:
+        return None
+    present = _present(plpy, "mgte_embed", texts)
+    out: list[str | None] = [None] * len(texts)
+    if present:
+        result = _call(plpy, GD, lambda client: client.encode([texts[i] for i in present], dense=True, dim=dim))
+        _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
+        assert result.dense is not None
+        for i, vector in zip(present, result.dense):
+            out[i] = _vector_literal(vector)
+    return out
+
+
+def sparse(plpy: Any, GD: dict[str, Any], text: str) -> str:
+    result = _call(plpy, GD, lambda client: client.encode([text], dense=False, sparse=True))
+    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+    assert result.sparse is not None
+    return json.dumps(result.sparse[0], ensure_ascii=False)
+
+
+def rerank(plpy: Any, GD: dict[str, Any], query: str, document: str, sigmoid: bool) -> float:
+    result = _call(plpy, GD, lambda client: client.score(query, [document], sigmoid=sigmoid))
+    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+    return result.scores[0]
+
+
+def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
+                sigmoid: bool) -> list[tuple[int, float | None]]:
+    """(1-based array position, score), best first; NULL documents last with a NULL score."""
+    present = _present(plpy, "mgte_rerank", documents)
+    scores: list[float | None] = [None] * len(documents)
+    if present:
+        result = _call(plpy, GD, lambda client: client.score(query, [documents[i] for i in present],
+                                                             sigmoid=sigmoid))
+        _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
+        for i, score in zip(present, result.scores):
+            scores[i] = score
+    order = sorted(range(len(documents)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
+    return [(i + 1, scores[i]) for i in order]
+
+
+def info(plpy: Any, GD: dict[str, Any]) -> str:
+    server = _call(plpy, GD, lambda client: client.info())
+    client = GD["mgte_client"]
+    return json.dumps({"extension_version": mgte_udf.__version__, "socket_path": client.socket_path,
+                       "timeout_ms": None if client.timeout is None else round(client.timeout * 1000),
+                       **server}, ensure_ascii=False)
+
+
+def _call(plpy: Any, GD: dict[str, Any], request: Any) -> Any:
+    client = _client(plpy, GD)
+    try:
+        return request(client)
+    except MgteError as exc:
+        plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
+
+
+def _client(plpy: Any, GD: dict[str, Any]) -> Client:
+    """The backend's client for the current settings, kept open across calls."""
+    plan = GD.get("mgte_settings_plan")
+    if plan is None:
+        plan = GD["mgte_settings_plan"] = plpy.prepare(_SETTINGS_SQL)
+    row = plpy.execute(plan)[0]
+    socket_path = row["socket_path"] or protocol.DEFAULT_SOCKET_PATH
+    timeout = _timeout_seconds(plpy, row["timeout_ms"])
+    client: Client | None = GD.get("mgte_client")
+    if client is None or client.socket_path != socket_path or client.timeout != timeout:
+        if client is not None:
+            client.close()
+        client = GD["mgte_client"] = Client(socket_path, timeout=timeout)
+    return client
+
+
+def _timeout_seconds(plpy: Any, setting: str | None) -> float:
+    if setting is None or setting == "":
+        return DEFAULT_TIMEOUT
+    try:
+        milliseconds = int(setting)
+    except ValueError:
+        milliseconds = 0
+    if milliseconds <= 0:
+        plpy.error(f"invalid value for mgte.timeout_ms: {setting!r}", sqlstate="22023",
+                   hint="set it to a positive number of milliseconds, e.g. SET mgte.timeout_ms = 30000")
+    return milliseconds / 1000
+
+
+def _present(plpy: Any, function: str, values: list[Any]) -> list[int]:
+    """Positions of the non-NULL elements; the array must be one-dimensional."""
+    for value in values:
+        if isinstance(value, list):
+            plpy.error(f"{function} takes a one-dimensional text[], not a multidimensional array",
+                       sqlstate="2202E", hint="pass one text per element")
+    return [i for i, value in enumerate(values) if value is not None]
+
+
+def _notice_truncated(plpy: Any, truncated: list[int], tokens: list[int], single: bool) -> None:
+    if not truncated:
+        return
+    if single:
+        plpy.notice(f"mgte: the input has {tokens[0]} tokens, more than the model reads; "
+                    "only its beginning was used")
+    else:
+        positions = ", ".join(str(i + 1) for i in truncated[:20]) + (", ..." if len(truncated) > 20 else "")
+        plpy.notice(f"mgte: {len(truncated)} input(s) longer than the model reads were truncated "
+                    f"(array positions {positions})")
+
+
+def _vector_literal(values: list[float]) -> str:
+    # repr() round-trips each float32 exactly through pgvector's parser.
+    return "[" + ",".join(map(repr, values)) + "]"

