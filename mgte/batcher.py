@@ -18,8 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgte.runtime import Model
 from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
+
+from mgte.runtime import Model
 
 log = logging.getLogger("mgte.batcher")
 
@@ -170,7 +171,7 @@ class Batcher:
         c.largest_batch = max(c.largest_batch, len(batch))
         c.multi_request_batches += len({id(item.job) for item in batch}) > 1
         c.busy_seconds += busy
-        for item, output in zip(batch, outputs):
+        for item, output in zip(batch, outputs, strict=True):
             job = item.job
             job.results[item.index] = output
             job.remaining -= 1

@@ -16,6 +16,7 @@ from mgte.gte_config import Kind, gte_config_from_original, kind_of
 Format = Literal["original", "native"]
 
 _FLAG: dict[Kind, str] = {"embedding": "--model", "reranker": "--reranker"}
+_NOUN: dict[Kind, str] = {"embedding": "an embedding model", "reranker": "a reranker"}
 
 # Only what loading needs: no ONNX exports, no pickled weights.
 _HUB_FILES = [
@@ -42,7 +43,7 @@ def load_checkpoint(source: str, kind: Kind) -> Checkpoint:
         if found is None:
             raise UserError(f"{source} is not an mGTE embedding model or reranker (architectures: {names})",
                             hint="pass a gte-multilingual-base or gte-multilingual-reranker-base checkpoint")
-        raise UserError(f"{source} is a {found} ({names}), not a {kind}",
+        raise UserError(f"{source} is {_NOUN[found]} ({names}), not {_NOUN[kind]}",
                         hint=f"pass it with {_FLAG[found]} instead of {_FLAG[kind]}")
     if raw.get("model_type") == "new":
         return Checkpoint(source, path, kind, "original", gte_config_from_original(raw, source))
@@ -75,8 +76,9 @@ def _from_hub(repo_id: str, kind: Kind) -> Path:
     except HFValidationError as exc:
         raise UserError(f"{repo_id!r} is neither a directory nor a valid hub id: {exc}") from None
     except (OSError, HfHubHTTPError, ValueError) as exc:
-        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
-               else f"the hub cannot be reached ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        cause = exc.__cause__ or exc
+        detail = (str(cause).splitlines() or [type(cause).__name__])[0]
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub cannot be reached: {detail}"
         raise UserError(
             f"model weights for {repo_id} are not in the local cache and {why}",
             hint=f"download them where the hub is reachable (`hf download {repo_id}`), copy the "

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mgte import __version__
-from mgte.errors import UserError
 from mgte_udf import protocol
 from mgte_udf.errors import MgteError
+
+from mgte import __version__
+from mgte.errors import UserError
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-multilingual-base"
 DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"
@@ -108,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mgte.server import Limits, Server, Settings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -24,10 +24,10 @@ ORIGINAL_CLASS: dict[Kind, str] = {"embedding": "NewForTokenClassification",
 
 def kind_of(architectures: list[str]) -> Kind | None:
     """Which head a config's `architectures` list names (it may list the bare encoder first)."""
-    for kind in ("embedding", "reranker"):
-        suffix = GTE_CLASS[kind].removeprefix("Gte")
-        if any(str(name).endswith(suffix) for name in architectures):
-            return kind  # type: ignore[return-value]
+    for kind, name in GTE_CLASS.items():
+        suffix = name.removeprefix("Gte")
+        if any(str(arch).endswith(suffix) for arch in architectures):
+            return kind
     return None
 
 

@@ -40,7 +40,7 @@ def by_token_string(vector: SparseVector, decode: Callable[[int], str]) -> dict[
     """The official output: keyed by `tokenizer.decode([id])`. Different ids that decode to
     the same string (e.g. "▁word" and "word") keep the larger weight, as the official code does."""
     out: dict[str, float] = {}
-    for token_id, weight in zip(vector.ids.tolist(), vector.weights.tolist()):
+    for token_id, weight in zip(vector.ids.tolist(), vector.weights.tolist(), strict=True):
         token = decode(token_id)
         if weight > out.get(token, 0.0):
             out[token] = weight

@@ -84,21 +84,27 @@ class Cluster:
             conf.write(_SETTINGS.format(socket_dir=self.socket_dir, port=self.port))
 
     def start(self) -> None:
-        self._run("pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--wait", "start")
+        """Starts the cluster unless it is already running (e.g. left by `mgte demo --keep`)."""
+        if not self.running():
+            self._run("pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--wait", "start")
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "--pgdata", str(self.data), "status", check=False) == 0
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
+        if self.running():
             self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "stop")
 
-    def _run(self, program: str, *args: str) -> None:
+    def _run(self, program: str, *args: str, check: bool = True) -> int:
         command = [str(self.bindir / program), *args]
         if self.owner is not None:
             command = ["runuser", "-u", self.owner.pw_name, "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
-        if done.returncode != 0:
+        if check and done.returncode != 0:
             log_tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise UserError(f"{program} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
                             + (f"\n{log_tail}" if log_tail else ""))
+        return done.returncode
 
 
 def _pg_config_value(flag: str) -> str:

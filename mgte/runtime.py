@@ -107,7 +107,7 @@ class Model:
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         out = [Tokens(ids, len(ids)) for ids in encoded]
         if long:
-            for i, ids in zip(long, redo(long)):
+            for i, ids in zip(long, redo(long), strict=True):
                 out[i] = Tokens(ids, len(encoded[i]))
         return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from mgte.errors import UserError
@@ -96,11 +97,9 @@ def build(path: Path, kind: Kind, fmt: Format, seed: int = 0) -> Path:
     return path
 
 
-def _random_model(kind: Kind, seed: int) -> torch.nn.Module:
-    import transformers
-
+def _random_model(kind: Kind, seed: int) -> transformers.PreTrainedModel:
     config = gte_config_from_original(ORIGINAL_CONFIG, NAME)
-    model: torch.nn.Module = getattr(transformers, GTE_CLASS[kind])(config)
+    model: transformers.PreTrainedModel = getattr(transformers, GTE_CLASS[kind])(config)
     # Every parameter random and large enough that attention is sharp: a swapped
     # layer norm, bias or rope setting then changes the output visibly.
     generator = torch.Generator().manual_seed(seed)
@@ -113,7 +112,7 @@ def _random_model(kind: Kind, seed: int) -> torch.nn.Module:
             else:
                 mean, std = 0.0, 0.2
             param.copy_(torch.randn(param.shape, generator=generator) * std + mean)
-    return model.eval()
+    return model
 
 
 def _to_original_names(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:

