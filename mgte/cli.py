@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _option(serve, "--dtype", "MGTE_DTYPE", "auto",
             "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16")
     _option(serve, "--max-batch-tokens", "MGTE_MAX_BATCH_TOKENS", 0,
-            "padded tokens per model batch; 0 picks 16384 on CPU and 65536 on CUDA", type=_natural)
+            "padded tokens per model batch; 0 picks 4096 on CPU and 65536 on CUDA", type=_natural)
     _option(serve, "--max-request-texts", "MGTE_MAX_REQUEST_TEXTS", 1024,
             "texts (or documents) in one request; clients split bigger calls", type=_positive)
     _option(serve, "--max-request-bytes", "MGTE_MAX_REQUEST_BYTES", 16 << 20,
@@ -118,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_texts=args.max_request_texts,
         max_request_bytes=args.max_request_bytes,
         max_queue_texts=args.max_queue_texts,
-        max_batch_tokens=args.max_batch_tokens or (65536 if device.type == "cuda" else 16384),
+        max_batch_tokens=args.max_batch_tokens or (65536 if device.type == "cuda" else 4096),
         max_connections=args.max_connections,
     )
     if limits.max_queue_texts < limits.max_request_texts:

@@ -1,0 +1,96 @@
+"""The batching policy, with the real tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from mgte.batcher import MIN_FILL, Batcher, Job, _Item
+from mgte.checkpoint import load_checkpoint
+from mgte.runtime import Embedder, EmbeddingOutput
+from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
+from tests.conftest import Checkpoints
+
+POISON = 99999  # a token id that makes the model below fail
+
+
+class PoisonedEmbedder(Embedder):
+    """The real model, except that a batch holding POISON raises, as a device error would."""
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
+        if any(POISON in ids for ids in batch):
+            raise RuntimeError("simulated device failure")
+        return super().forward(batch)
+
+
+@pytest.fixture(scope="module")
+def embedder(checkpoints: Checkpoints) -> PoisonedEmbedder:
+    return PoisonedEmbedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"),
+                            torch.device("cpu"), torch.float32)
+
+
+def items(embedder: Embedder, lengths: list[int]) -> list[_Item]:
+    job = Job(embedder, [[5] * n for n in lengths])
+    return [_Item(job, i) for i in range(len(lengths))]
+
+
+def test_batches_respect_the_budget_and_group_similar_lengths(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=1000, max_queued=100)
+    lengths = [11, 300, 95, 290, 100, 12, 280, 11, 1500, 100, 9]
+    batches = batcher._cut(items(embedder, lengths))
+    assert sorted(item.length for batch in batches for item in batch) == sorted(lengths)
+    for batch in batches:
+        widest = batch[0].length
+        assert all(item.length <= widest for item in batch)
+        assert len(batch) == 1 or len(batch) * widest <= 1000
+        assert all(item.length >= MIN_FILL * widest for item in batch)
+    # 1500 alone (over budget); 300/290/280; 100/100/95; 12/11/11; 9 is under 90% of 12
+    assert [len(b) for b in batches] == [1, 3, 3, 3, 1]
+
+
+def test_full_queue_is_refused_at_once(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=1000, max_queued=5)  # not started: nothing leaves the queue
+    batcher.submit(embedder, [[0, 5, 2]] * 3)
+    with pytest.raises(Overloaded, match="3 texts queued, the limit is 5"):
+        batcher.submit(embedder, [[0, 5, 2]] * 3)
+    assert batcher.counters.rejected_overloaded == 1
+    batcher.submit(embedder, [[0, 5, 2]] * 2)
+    assert batcher.queued() == 5
+
+
+def test_a_failing_batch_fails_its_jobs_only(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=3, max_queued=100)  # one 3-token sequence per batch
+    bad = batcher.submit(embedder, [[0, 5, 2], [0, POISON, 2]])
+    good = batcher.submit(embedder, [[0, 6, 2], [0, 7, 2]])
+    batcher.start()
+    with pytest.raises(ServerError, match="simulated device failure"):
+        bad.result(timeout=30)
+    assert len(good.result(timeout=30)) == 2
+    assert batcher.counters.failed_batches == 1
+    after = batcher.submit(embedder, [[0, 8, 2]])
+    assert len(after.result(timeout=30)) == 1  # the model thread lives on
+    batcher.stop()
+
+
+def test_stop_finishes_queued_work_then_refuses_more(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=1000, max_queued=100)
+    pending = [batcher.submit(embedder, [[0, 5 + i, 2]]) for i in range(10)]
+    batcher.start()
+    batcher.stop()
+    assert all(len(f.result(timeout=0)) == 1 for f in pending)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(embedder, [[0, 5, 2]])
+
+
+def test_requests_share_batches_and_counters_say_so(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=1000, max_queued=100)
+    futures = [batcher.submit(embedder, [[0, 5 + i, 2]]) for i in range(6)]
+    batcher.start()
+    for future in futures:
+        future.result(timeout=30)
+    batcher.stop()
+    c = batcher.counters
+    assert (c.jobs, c.sequences, c.batches, c.largest_batch, c.multi_request_batches) == (6, 6, 1, 6, 1)
+    assert c.tokens == c.padded_tokens == 18
