@@ -16,9 +16,12 @@ from mgte.gte_config import gte_config_from_original
 FULL_SIZE = tiny.ORIGINAL_CONFIG | {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                                     "intermediate_size": 3072}
 
-WORDS = ("station train city river mountain energy solar climate glacier coffee tea health history football "
-         "estación tren ciudad río montaña energía Bahnhof Stadt Fluss Energie gare ville fleuve énergie "
-         "北京 火车站 城市 河流 能源 محطة مدينة نهر طاقة 駅 都市 川 エネルギー вокзал город река энергия").split()
+WORDS = (
+    "station", "train", "city", "river", "mountain", "energy", "solar", "climate", "glacier", "coffee", "tea",
+    "health", "history", "football", "estación", "tren", "ciudad", "río", "montaña", "energía", "Bahnhof",
+    "Stadt", "Fluss", "Energie", "gare", "ville", "fleuve", "énergie", "北京", "火车站", "城市", "河流", "能源",
+    "محطة", "مدينة", "نهر", "طاقة", "駅", "都市", "川", "エネルギー", "вокзал", "город", "река", "энергия",
+)
 
 
 def full_size_checkpoint() -> Path:

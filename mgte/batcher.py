@@ -18,9 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
-
 from mgte.runtime import Model
+from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
 
 log = logging.getLogger("mgte.batcher")
 

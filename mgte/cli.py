@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mgte_udf import protocol
-from mgte_udf.errors import MgteError
-
 from mgte import __version__
 from mgte.errors import UserError
+from mgte_udf import protocol
+from mgte_udf.errors import MgteError
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-multilingual-base"
 DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"

@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mgte import __version__, heads
+from mgte.batcher import Batcher
+from mgte.errors import UserError
+from mgte.runtime import Embedder, EmbeddingOutput, Reranker, Tokens
 from mgte_udf import protocol
 from mgte_udf.errors import (
     InputRejected,
@@ -33,11 +38,6 @@ from mgte_udf.errors import (
     ShuttingDown,
     TooLarge,
 )
-
-from mgte import __version__, heads
-from mgte.batcher import Batcher
-from mgte.errors import UserError
-from mgte.runtime import Embedder, EmbeddingOutput, Reranker, Tokens
 
 log = logging.getLogger("mgte.server")
 

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from mgte_udf.client import Client
-
 from mgte.errors import UserError
 from mgte.pgcluster import service_user
+from mgte_udf.client import Client
 
 
 class ServerProcess:

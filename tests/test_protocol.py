@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from mgte_udf import protocol
 from mgte_udf.errors import InputRejected, Overloaded, ProtocolMismatch, ServerError, TooLarge
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from mgte_udf import protocol
 
 from mgte import heads
 from mgte.client import Client, InputRejected, NotSupported, Overloaded, TooLarge
 from mgte.server_process import ServerProcess
+from mgte_udf import protocol
 from tests.conftest import Checkpoints, running_server, shared_tempdir, start_server
 
 TEXTS = ["¿Dónde está la estación de tren?", "北京欢迎你。北京是中国的首都。", "مرحبا بالعالم", "",
