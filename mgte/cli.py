@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
             type=_positive)
     _option(serve, "--threads", "MGTE_THREADS", 0, "CPU threads for the model; 0 lets torch choose",
             type=_natural)
-    _option(serve, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error")
+    _option(serve, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
     serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="print a running server's models, limits and counters")
@@ -153,6 +153,12 @@ def _octal(value: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{value!r} is not a file mode (0000 to 0777)")
     return mode
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of debug, info, warning, error")
+    return value.lower()
 
 
 def _natural(value: str) -> int:

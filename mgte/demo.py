@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from mgte import tiny
 from mgte.checkpoint import locate
@@ -109,7 +110,8 @@ def _load_documents(db: psycopg.Connection[Any], socket: Path) -> None:
     except psycopg.errors.UndefinedFile:
         raise UserError("the mgte extension is not installed in this PostgreSQL",
                         hint="run scripts/setup.sh (it runs make -C extension install)") from None
-    db.execute(f"ALTER DATABASE {DATABASE} SET mgte.socket_path = '{socket}'")
+    db.execute(sql.SQL("ALTER DATABASE {} SET mgte.socket_path = {}").format(
+        sql.Identifier(DATABASE), sql.Literal(str(socket))))
     db.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(socket)])
     row = db.execute("SELECT (mgte_info() -> 'model' ->> 'hidden_size')::int").fetchone()
     assert row is not None

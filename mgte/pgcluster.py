@@ -78,6 +78,9 @@ class Cluster:
             path.chmod(0o755)  # the mgte server's socket may live here too
             if self.owner is not None:
                 os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
+        if self.owner is not None and self._run("test", "-w", str(self.root), check=False, bindir=False) != 0:
+            raise UserError(f"the {self.owner.pw_name} user, which runs PostgreSQL here, cannot write {self.root}",
+                            hint="choose a directory outside private home directories, e.g. under /tmp or /var/tmp")
         self._run("initdb", "--pgdata", str(self.data), "--username", self.user, "--auth", "trust",
                   "--encoding", "UTF8", "--locale", "C.UTF-8", "--no-sync")
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -95,8 +98,8 @@ class Cluster:
         if self.running():
             self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "stop")
 
-    def _run(self, program: str, *args: str, check: bool = True) -> int:
-        command = [str(self.bindir / program), *args]
+    def _run(self, program: str, *args: str, check: bool = True, bindir: bool = True) -> int:
+        command = [str(self.bindir / program) if bindir else program, *args]
         if self.owner is not None:
             command = ["runuser", "-u", self.owner.pw_name, "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)

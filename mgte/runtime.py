@@ -5,7 +5,7 @@ The server's batcher decides what goes into a batch; this module only runs one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class Model:
     def forward(self, batch: Sequence[Sequence[int]]) -> list[Any]:
         raise NotImplementedError
 
-    def _truncate(self, encoded: list[list[int]], redo: Any) -> list[Tokens]:
+    def _truncate(self, encoded: list[list[int]], redo: Callable[[list[int]], list[list[int]]]) -> list[Tokens]:
         """Keeps inputs that fit; re-encodes the others with the tokenizer's own truncation."""
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         out = [Tokens(ids, len(ids)) for ids in encoded]

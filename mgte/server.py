@@ -33,6 +33,7 @@ from mgte_udf.errors import (
     InputRejected,
     MgteError,
     NotSupported,
+    Overloaded,
     ProtocolMismatch,
     ServerError,
     ShuttingDown,
@@ -118,8 +119,8 @@ class Server:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.limits.max_connections:
             self._refused_connections += 1
-            await _reply(writer, protocol.error_header(ServerError(
-                f"too many connections ({self.limits.max_connections})",
+            await _reply(writer, protocol.error_header(Overloaded(
+                f"mgte server overloaded: {self.limits.max_connections} connections are open, the limit",
                 hint="raise the server's --max-connections, or use fewer client processes")))
             writer.close()
             return

@@ -79,3 +79,8 @@ def test_queue_smaller_than_a_request_is_refused(checkpoints: Checkpoints) -> No
     done = mgte("serve", "--model", str(checkpoints.embedding_native), "--max-queue-texts", "10",
                 "--max-request-texts", "20")
     assert done.returncode == 2 and "could never be queued" in done.stderr
+
+
+def test_bad_log_level(checkpoints: Checkpoints) -> None:
+    done = mgte("serve", "--model", str(checkpoints.embedding_native), "--log-level", "loud")
+    assert done.returncode == 2 and "'loud' is not one of debug, info, warning, error" in done.stderr

@@ -36,6 +36,10 @@ def test_a_bare_string_is_a_type_error_not_a_list_of_characters(client: Client) 
         client.embed(["ok", None])  # type: ignore[list-item]
     with pytest.raises(InputRejected, match="must not be empty"):
         client.embed([])
+    with pytest.raises(InputRejected, match=r"texts\[0\] is not valid Unicode"):
+        client.embed(["\ud800"])
+    with pytest.raises(InputRejected, match="query is not valid Unicode"):
+        client.rerank("\udfff", ["d"])
 
 
 def test_truncation_warns(client: Client) -> None:

@@ -6,7 +6,10 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from mgte.demo_corpus import DOCUMENTS, QUERIES
 from tests.conftest import shared_tempdir
@@ -36,3 +39,13 @@ def test_demo_falls_back_to_tiny_and_answers_every_language(tmp_path: Path) -> N
     # Nothing left running.
     assert not (datadir / "mgte.sock").exists()
     assert not (datadir / "data" / "postmaster.pid").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to the postgres user")
+def test_demo_explains_a_datadir_postgres_cannot_reach() -> None:
+    private = Path(tempfile.mkdtemp())  # mode 0700, owned by root
+    done = subprocess.run([sys.executable, "-m", "mgte", "demo", "--model", "tiny", "--datadir", str(private / "d")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "the postgres user, which runs PostgreSQL here, cannot write" in done.stderr
+    assert "hint: choose a directory outside private home directories" in done.stderr

@@ -101,9 +101,10 @@ class Client:
         """Rerank scores with the token counts and truncation flags of each pair."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, not {type(query).__name__}")
+        _check_unicode("query", query)
         _check_texts("documents", documents)
         out = Scored(scores=[], tokens=[], truncated=[])
-        for start, chunk in self._chunks(documents, extra_bytes=len(query.encode("utf-8", "replace"))):
+        for start, chunk in self._chunks(documents, extra_bytes=len(query.encode("utf-8"))):
             header, payload = self._roundtrip(
                 {"op": "rerank", "query": query, "documents": chunk, "sigmoid": sigmoid})
             count = int(header["count"])
@@ -117,6 +118,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._limits = None  # a restarted server may have other limits
 
     def __enter__(self) -> Client:
         return self
@@ -135,7 +137,7 @@ class Client:
         max_bytes = self._limits["max_request_bytes"] // 2 - extra_bytes
         start, size = 0, 0
         for i, text in enumerate(texts):
-            text_bytes = len(text.encode("utf-8", "replace")) + 8
+            text_bytes = len(text.encode("utf-8")) + 8
             if i > start and (i - start >= max_texts or size + text_bytes > max_bytes):
                 yield start, list(texts[start:i])
                 start, size = i, 0
@@ -156,8 +158,8 @@ class Client:
             return self._exchange(frame, deadline)
 
     def _exchange(self, frame: bytes, deadline: float | None) -> tuple[dict[str, Any], bytes]:
-        sock = self._connect(deadline)
         try:
+            sock = self._connect(deadline)
             sock.settimeout(_remaining(deadline))
             sock.sendall(frame)
             prefix = self._recv(sock, protocol.PREFIX.size, deadline)
@@ -243,8 +245,16 @@ def _check_texts(name: str, texts: Sequence[str]) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}] must be a str, not {type(text).__name__}")
+        _check_unicode(f"{name}[{i}]", text)
     if len(texts) == 0:
         raise InputRejected(f"{name} must not be empty")
+
+
+def _check_unicode(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputRejected(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: int,
