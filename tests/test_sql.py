@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from array import array
 from typing import Any
 
@@ -152,6 +153,17 @@ def test_timeout(db: Connection) -> None:
     assert "did not answer within 0.05 s" in str(error.diag.message_primary)
     db.execute("RESET mgte.timeout_ms")
     assert one(db, "SELECT vector_dims(mgte_embed('after the timeout'))") == 32
+
+
+def test_statement_timeout_and_cancel_interrupt_a_waiting_call(db: Connection) -> None:
+    db.execute("SET statement_timeout = '300ms'")
+    started = time.monotonic()
+    error = sql_error(db, "SELECT mgte_embed(array_fill(repeat('a ', 8000), ARRAY[32]))")
+    assert error.sqlstate == "57014"
+    assert "statement timeout" in str(error.diag.message_primary)
+    assert time.monotonic() - started < 3
+    db.execute("RESET statement_timeout")
+    assert one(db, "SELECT vector_dims(mgte_embed('after the cancel'))") == 32
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +13,8 @@ from mgte_udf import protocol
 from mgte_udf.errors import InputRejected, ProtocolMismatch, ServerUnavailable, Timeout
 
 DEFAULT_TIMEOUT = 60.0
+# How often `interrupt_check` runs while waiting for the server, seconds.
+INTERRUPT_POLL = 0.1
 
 
 class TruncationWarning(UserWarning):
@@ -42,15 +44,20 @@ class Client:
     """Talks to `mgte serve` over its Unix socket.
 
     `timeout` (seconds, None for no limit) bounds each request. Requests bigger than the
-    server accepts in one go are split transparently.
+    server accepts in one go are split transparently. `interrupt_check`, when given, is
+    called every INTERRUPT_POLL seconds while waiting for an answer; whatever it raises
+    abandons the request (the SQL functions use it so that query cancellation and
+    statement_timeout work while a call is waiting).
     """
 
     def __init__(self, socket_path: str = protocol.DEFAULT_SOCKET_PATH,
-                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+                 timeout: float | None = DEFAULT_TIMEOUT,
+                 interrupt_check: Callable[[], object] | None = None) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
         self.socket_path = socket_path
         self.timeout = timeout
+        self.interrupt_check = interrupt_check
         self._sock: socket.socket | None = None
         self._limits: dict[str, int] | None = None
 
@@ -181,7 +188,9 @@ class Client:
                 f"connection to the mgte server at {self.socket_path} failed: {exc}",
                 hint="check that `mgte serve` is still running (its log says why it stopped)",
             ) from None
-        except ProtocolMismatch:
+        except BaseException:
+            # Interrupted or failed mid-exchange: an answer may still be on its way, so this
+            # connection cannot carry the next request.
             self.close()
             raise
         protocol.raise_for_error(header)
@@ -205,8 +214,17 @@ class Client:
         view = memoryview(buf)
         got = 0
         while got < size:
-            sock.settimeout(_remaining(deadline))
-            n = sock.recv_into(view[got:], size - got)
+            wait = _remaining(deadline)
+            if self.interrupt_check is not None:
+                wait = INTERRUPT_POLL if wait is None else min(wait, INTERRUPT_POLL)
+            sock.settimeout(wait)
+            try:
+                n = sock.recv_into(view[got:], size - got)
+            except TimeoutError:
+                if self.interrupt_check is None:
+                    raise
+                self.interrupt_check()
+                continue  # _remaining() raises TimeoutError once the deadline has passed
             if n == 0:
                 raise ConnectionResetError("the server closed the connection")
             got += n

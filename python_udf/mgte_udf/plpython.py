@@ -106,7 +106,10 @@ def _client(plpy: Any, GD: dict[str, Any]) -> Client:
     if client is None or client.socket_path != socket_path or client.timeout != timeout:
         if client is not None:
             client.close()
-        client = GD["mgte_client"] = Client(socket_path, timeout=timeout)
+        # Running any statement lets PostgreSQL act on a pending cancel or statement_timeout.
+        interrupt_plan = plpy.prepare("SELECT pg_catalog.pg_sleep(0)")
+        client = GD["mgte_client"] = Client(socket_path, timeout=timeout,
+                                            interrupt_check=lambda: plpy.execute(interrupt_plan))
     return client
 
 
