@@ -15,6 +15,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -28,7 +29,8 @@ from mgte.server_process import ServerProcess
 
 def baseline(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype) -> float:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.GteForTokenClassification.from_pretrained(path, dtype=dtype).to(device).eval()
+    model: Any = transformers.GteForTokenClassification.from_pretrained(path, dtype=dtype)
+    model = model.to(device).eval()
     started = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(texts), 32):

@@ -87,7 +87,7 @@ def test_outputs_equal_a_direct_transformers_call(client: Client, checkpoints: C
             assert weights[token_id] == pytest.approx(weight, abs=1e-5)
         want_strings: dict[str, float] = {}
         for token_id, weight in want.items():
-            token = tokenizer.decode([token_id])
+            token = str(tokenizer.decode([token_id]))
             want_strings[token] = max(weight, want_strings.get(token, 0.0))
         assert by_string.keys() == want_strings.keys()
 
@@ -213,6 +213,20 @@ def test_request_limits(checkpoints: Checkpoints) -> None:
             assert client.embed(texts) == [client.embed([t])[0] for t in texts]
             with pytest.raises(TooLarge):
                 client.embed(["x" * 5000])
+
+
+def test_connection_limit(checkpoints: Checkpoints) -> None:
+    with (running_server(checkpoints.embedding_native, "--max-connections", "2") as small,
+          small.client() as first, small.client() as second, small.client() as third):
+        first.health()
+        second.health()
+        with pytest.raises(Overloaded, match="2 connections are open") as raised:
+            third.health()
+        assert raised.value.hint is not None and "--max-connections" in raised.value.hint
+        second.close()
+        time.sleep(0.2)
+        assert third.health()["ok"]
+        assert first.info()["refused_connections"] == 1
 
 
 def test_no_reranker_loaded(checkpoints: Checkpoints) -> None:
