@@ -27,7 +27,7 @@ import torch
 from mgte import __version__, heads
 from mgte.batcher import Batcher
 from mgte.errors import UserError
-from mgte.runtime import Embedder, EmbeddingOutput, Reranker, Tokens
+from mgte.runtime import Embedder, EmbeddingOutput, Model, Reranker, Tokens
 from mgte_udf import protocol
 from mgte_udf.errors import (
     InputRejected,
@@ -45,7 +45,7 @@ log = logging.getLogger("mgte.server")
 _FIELDS = {
     "health": {"op"},
     "info": {"op"},
-    "embed": {"op", "texts", "dense", "sparse", "dim", "sparse_keys"},
+    "embed": {"op", "texts", "dense", "sparse", "sparse_ids", "dim"},
     "rerank": {"op", "query", "documents", "sigmoid"},
 }
 
@@ -197,38 +197,33 @@ class Server:
         texts = self._texts(request, "texts")
         dense = _flag(request, "dense", True)
         sparse = _flag(request, "sparse", False)
-        if not (dense or sparse):
-            raise InputRejected("an embed request must ask for dense and/or sparse output")
+        sparse_ids = _flag(request, "sparse_ids", False)
+        if not (dense or sparse or sparse_ids):
+            raise InputRejected("an embed request must ask for dense, sparse and/or sparse_ids output")
         dim = _dim(request.get("dim"), self.embedder.hidden_size)
-        keys = request.get("sparse_keys", "token")
-        if keys not in ("token", "id"):
-            raise InputRejected(f"sparse_keys must be 'token' or 'id', not {keys!r}")
         loop = asyncio.get_running_loop()
         tokens = await loop.run_in_executor(self._pool, self.embedder.tokenize, texts)
         outputs = await asyncio.wrap_future(self.batcher.submit(self.embedder, [t.ids for t in tokens]))
         return await loop.run_in_executor(
-            self._pool, self._embed_response, tokens, outputs, dim if dense else None, dense, sparse, keys)
+            self._pool, self._embed_response, tokens, outputs, dim if dense else None, dense, sparse, sparse_ids)
 
     def _embed_response(self, tokens: list[Tokens], outputs: list[EmbeddingOutput], dim: int | None,
-                        dense: bool, sparse: bool, keys: str) -> tuple[dict[str, Any], bytes]:
-        header: dict[str, Any] = {"ok": True, **_token_report(tokens), "dim": None}
+                        dense: bool, sparse: bool, sparse_ids: bool) -> tuple[dict[str, Any], bytes]:
+        header: dict[str, Any] = {"ok": True, **self._report(self.embedder, tokens), "dim": None}
         parts: list[bytes] = []
         if dense:
             vectors = heads.dense(torch.stack([out.first_token for out in outputs]), dim)
             header["dim"] = int(vectors.shape[1])
             parts.append(vectors.numpy().astype(protocol.FLOAT32).tobytes())
         if sparse:
-            vectors_ = [out.sparse for out in outputs]
-            if keys == "id":
-                header["sparse_nnz"] = [int(v.ids.numel()) for v in vectors_]
-                parts.append(torch.cat([v.ids for v in vectors_]).numpy().astype(protocol.UINT32).tobytes())
-                parts.append(torch.cat([v.weights for v in vectors_]).numpy().astype(protocol.FLOAT32).tobytes())
-            else:
-                by_token = [heads.by_token_string(v, self._decode) for v in vectors_]
-                header["sparse_nnz"] = [len(d) for d in by_token]
-                header["sparse_tokens"] = [list(d) for d in by_token]
-                weights = [w for d in by_token for w in d.values()]
-                parts.append(torch.tensor(weights, dtype=torch.float32).numpy().astype(protocol.FLOAT32).tobytes())
+            by_token = [heads.by_token_string(out.sparse, self._decode) for out in outputs]
+            header["sparse_tokens"] = [list(weights) for weights in by_token]
+            flat = [w for weights in by_token for w in weights.values()]
+            parts.append(torch.tensor(flat, dtype=torch.float32).numpy().astype(protocol.FLOAT32).tobytes())
+        if sparse_ids:
+            header["sparse_ids_nnz"] = [int(out.sparse.ids.numel()) for out in outputs]
+            parts.append(torch.cat([out.sparse.ids for out in outputs]).numpy().astype(protocol.UINT32).tobytes())
+            parts.append(torch.cat([out.sparse.weights for out in outputs]).numpy().astype(protocol.FLOAT32).tobytes())
         return header, b"".join(parts)
 
     async def _rerank(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -247,7 +242,7 @@ class Server:
         tokens = await loop.run_in_executor(self._pool, reranker.tokenize, query, documents)
         logits = await asyncio.wrap_future(self.batcher.submit(reranker, [t.ids for t in tokens]))
         scores = heads.rerank(torch.tensor(logits, dtype=torch.float32), sigmoid)
-        return {"ok": True, **_token_report(tokens)}, scores.numpy().astype(protocol.FLOAT32).tobytes()
+        return {"ok": True, **self._report(reranker, tokens)}, scores.numpy().astype(protocol.FLOAT32).tobytes()
 
     # --- helpers ----------------------------------------------------------------
 
@@ -265,6 +260,11 @@ class Server:
                 raise InputRejected(f"{name}[{i}] must be a string, not {type(text).__name__}")
             _check_unicode(f"{name}[{i}]", text)
         return texts
+
+    @staticmethod
+    def _report(model: Model, tokens: list[Tokens]) -> dict[str, Any]:
+        return {"count": len(tokens), "model": model.checkpoint.source, "tokens": [t.length for t in tokens],
+                "truncated": [i for i, t in enumerate(tokens) if t.truncated]}
 
     def _count_error(self, error: MgteError) -> None:
         self._errors[error.code] = self._errors.get(error.code, 0) + 1
@@ -339,11 +339,6 @@ def listen(settings: Settings) -> socket.socket:
 async def _reply(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
     writer.write(protocol.encode(protocol.RESPONSE, header, payload))
     await writer.drain()
-
-
-def _token_report(tokens: list[Tokens]) -> dict[str, Any]:
-    return {"count": len(tokens), "tokens": [t.length for t in tokens],
-            "truncated": [i for i, t in enumerate(tokens) if t.truncated]}
 
 
 def _flag(request: dict[str, Any], name: str, default: bool) -> bool:

@@ -68,7 +68,7 @@ def test_outputs_equal_a_direct_transformers_call(client: Client, checkpoints: C
     model = transformers.GteForTokenClassification.from_pretrained(checkpoints.embedding_native).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints.embedding_native)
     dense = client.embed(TEXTS)
-    sparse = client.encode(TEXTS, dense=False, sparse=True, sparse_keys="id").sparse
+    sparse = client.encode(TEXTS, dense=False, sparse_ids=True).sparse_ids
     strings = client.sparse(TEXTS)
     assert sparse is not None
     for text, vector, weights, by_string in zip(TEXTS, dense, sparse, strings, strict=True):
@@ -104,6 +104,16 @@ def test_rerank_equals_a_direct_transformers_call(client: Client, checkpoints: C
             logit = model(**tokenizer([query], [text], return_tensors="pt")).logits[0, 0].item()
         assert score == pytest.approx(logit, abs=1e-5)
         assert probability == pytest.approx(torch.sigmoid(torch.tensor(logit)).item(), abs=1e-6)
+
+
+def test_one_pass_gives_every_output_and_names_the_model(client: Client) -> None:
+    both = client.encode(TEXTS, dense=True, sparse=True, sparse_ids=True, dim=8)
+    assert both.dense == client.embed(TEXTS, dim=8)
+    assert both.sparse == client.sparse(TEXTS)
+    assert both.sparse_ids == client.encode(TEXTS, dense=False, sparse_ids=True).sparse_ids
+    info = client.info()
+    assert both.model == info["model"]["id"]
+    assert client.score("q", ["d"]).model == info["reranker"]["id"]
 
 
 def test_matryoshka_dims(client: Client) -> None:
@@ -147,8 +157,8 @@ def test_truncation_reported(client: Client) -> None:
     ({"op": "embed", "texts": []}, "texts must not be empty"),
     ({"op": "embed", "texts": ["x", 3]}, r"texts\[1\] must be a string"),
     ({"op": "embed", "texts": ["x"], "dense": "yes"}, "dense must be true or false"),
-    ({"op": "embed", "texts": ["x"], "dense": False}, "dense and/or sparse"),
-    ({"op": "embed", "texts": ["x"], "sparse": True, "sparse_keys": "hash"}, "sparse_keys"),
+    ({"op": "embed", "texts": ["x"], "dense": False}, "dense, sparse and/or sparse_ids"),
+    ({"op": "embed", "texts": ["x"], "sparse_ids": 1}, "sparse_ids must be true or false"),
     ({"op": "embed", "texts": ["x"], "dims": 8}, "unknown field 'dims'"),
     ({"op": "rerank", "query": 1, "documents": ["x"]}, "query must be a string"),
     ({"op": "rerank", "query": "q", "documents": None}, "documents must be a list"),

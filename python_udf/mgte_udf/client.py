@@ -7,7 +7,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from mgte_udf import protocol
 from mgte_udf.errors import InputRejected, ProtocolMismatch, ServerUnavailable, Timeout
@@ -26,9 +26,11 @@ class Encoded:
     """What one embed request returns. `truncated` holds the indices of cut inputs."""
 
     dense: list[list[float]] | None
-    sparse: list[dict[Any, float]] | None
+    sparse: list[dict[str, float]] | None  # keyed by token string (the official format)
+    sparse_ids: list[dict[int, float]] | None  # keyed by token id
     tokens: list[int]
     truncated: list[int]
+    model: str = ""
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Scored:
     scores: list[float]
     tokens: list[int]
     truncated: list[int]
+    model: str = ""
 
 
 class Client:
@@ -92,16 +95,17 @@ class Client:
         return header
 
     def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
-               dim: int | None = None, sparse_keys: Literal["token", "id"] = "token") -> Encoded:
-        """Dense and/or sparse output for `texts` in one pass of the model."""
+               sparse_ids: bool = False, dim: int | None = None) -> Encoded:
+        """Dense vectors and/or sparse weights (by token string, by token id) in one pass of the model."""
         _check_texts("texts", texts)
-        out = Encoded(dense=[] if dense else None, sparse=[] if sparse else None, tokens=[], truncated=[])
+        out = Encoded(dense=[] if dense else None, sparse=[] if sparse else None,
+                      sparse_ids=[] if sparse_ids else None, tokens=[], truncated=[])
         for start, chunk in self._chunks(texts):
             header, payload = self._roundtrip({
-                "op": "embed", "texts": chunk, "dense": dense, "sparse": sparse,
-                "dim": dim, "sparse_keys": sparse_keys,
+                "op": "embed", "texts": chunk, "dense": dense, "sparse": sparse, "sparse_ids": sparse_ids,
+                "dim": dim,
             })
-            _decode_embed(header, payload, out, offset=start, sparse_keys=sparse_keys)
+            _decode_embed(header, payload, out, offset=start)
         return out
 
     def score(self, query: str, documents: Sequence[str], *, sigmoid: bool = False) -> Scored:
@@ -119,6 +123,7 @@ class Client:
             out.scores.extend(scores.tolist())
             out.tokens.extend(header["tokens"])
             out.truncated.extend(start + i for i in header["truncated"])
+            out.model = str(header.get("model", ""))
         return out
 
     def close(self) -> None:
@@ -275,8 +280,7 @@ def _check_unicode(name: str, text: str) -> None:
         raise InputRejected(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
-def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: int,
-                  sparse_keys: str) -> None:
+def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: int) -> None:
     count = int(header["count"])
     at = 0
     if out.dense is not None:
@@ -285,22 +289,25 @@ def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: 
         flat = values.tolist()
         out.dense.extend(flat[i * dim:(i + 1) * dim] for i in range(count))
     if out.sparse is not None:
-        nnz = [int(n) for n in header["sparse_nnz"]]
-        total = sum(nnz)
-        keys: list[Any]
-        if sparse_keys == "id":
-            ids, at = protocol.unpack("I", payload, at, total)
-            keys = ids.tolist()
-        else:
-            keys = [token for tokens in header["sparse_tokens"] for token in tokens]
-        weights, at = protocol.unpack("f", payload, at, total)
+        tokens = header["sparse_tokens"]
+        weights, at = protocol.unpack("f", payload, at, sum(len(t) for t in tokens))
         flat_weights = weights.tolist()
         pos = 0
+        for keys in tokens:
+            out.sparse.append(dict(zip(keys, flat_weights[pos:pos + len(keys)], strict=True)))
+            pos += len(keys)
+    if out.sparse_ids is not None:
+        nnz = [int(n) for n in header["sparse_ids_nnz"]]
+        ids, at = protocol.unpack("I", payload, at, sum(nnz))
+        weights, at = protocol.unpack("f", payload, at, sum(nnz))
+        flat_ids, flat_weights = ids.tolist(), weights.tolist()
+        pos = 0
         for n in nnz:
-            out.sparse.append(dict(zip(keys[pos:pos + n], flat_weights[pos:pos + n], strict=True)))
+            out.sparse_ids.append(dict(zip(flat_ids[pos:pos + n], flat_weights[pos:pos + n], strict=True)))
             pos += n
     out.tokens.extend(header["tokens"])
     out.truncated.extend(offset + i for i in header["truncated"])
+    out.model = str(header.get("model", ""))
 
 
 def _warn_truncated(truncated: list[int], total: int) -> None:

@@ -17,17 +17,19 @@ Requests (the JSON header; requests carry no payload):
 
     {"op": "health"}
     {"op": "info"}
-    {"op": "embed", "texts": [str, ...], "dense": bool, "sparse": bool,
-     "dim": int | null, "sparse_keys": "token" | "id"}
+    {"op": "embed", "texts": [str, ...], "dense": bool, "sparse": bool, "sparse_ids": bool,
+     "dim": int | null}
     {"op": "rerank", "query": str, "documents": [str, ...], "sigmoid": bool}
 
 Responses: {"ok": false, "error": {"code", "message", "hint"}} on failure, otherwise
-{"ok": true, ...}. For embed: "count", "tokens" (token count of each input before
-truncation), "truncated" (indices of inputs cut to the model's limit), "dim", and for
-sparse output "sparse_nnz" (entries per input) plus "sparse_tokens" when keyed by token
-string. Its payload is the dense vectors (count x dim float32), then, for sparse output
-keyed by id, all ids (uint32), then all sparse weights (float32). For rerank: "count",
-"tokens", "truncated", and a payload of count float32 scores.
+{"ok": true, ...}. Every embed and rerank answer has "count", "model" (the id of the model
+that computed it), "tokens" (token count of each input before truncation) and "truncated"
+(indices of inputs cut to the model's limit). An embed answer also has "dim"; with
+"sparse" (lexical weights keyed by token string, the official format) it has
+"sparse_tokens", the tokens of each input; with "sparse_ids" (keyed by token id, what a
+sparsevec needs) "sparse_ids_nnz", the entries of each input. Its payload: the dense
+vectors (count x dim float32), then the weights of all sparse_tokens (float32), then all
+sparse ids (uint32) and their weights (float32). A rerank payload is count float32 scores.
 """
 
 from __future__ import annotations
