@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from mgte import __version__
 from mgte.errors import UserError
 from mgte_udf import protocol
@@ -30,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
+    except psycopg.Error as exc:
+        print(f"mgte: error: {exc.diag.message_primary or str(exc).strip()}", file=sys.stderr)
+        if exc.diag.message_hint:
+            print(f"hint: {exc.diag.message_hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -77,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     _option(info, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
     info.set_defaults(run=_info)
 
+    worker = commands.add_parser("worker", help="embed the rows that auto-embedding has queued", description=(
+        "Drain the queues of every table enabled with mgte_enable() in one database: claim rows, "
+        "embed them with the server, store the results. Several workers may run at once."))
+    _worker_options(worker)
+    worker.set_defaults(run=_worker)
+
+    backfill = commands.add_parser("backfill", help="embed one table's queued rows now, with progress",
+                                   description="Embed what one enabled table has queued (e.g. its existing "
+                                               "rows after mgte_enable) in the foreground, showing progress.")
+    backfill.add_argument("table", help="the enabled table, e.g. public.docs")
+    _worker_options(backfill)
+    backfill.set_defaults(run=_backfill)
+
     demo = commands.add_parser("demo", help="hybrid multilingual search in a private PostgreSQL cluster",
                                description=(
         "Start a private PostgreSQL cluster and an mgte server, store sample documents in several "
@@ -97,6 +117,53 @@ def _option(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, 
     value = os.environ.get(env)
     parser.add_argument(flag, default=value if value is not None else default, type=type,
                         help=f"{help} [env {env}; default {default}]")
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--dsn", "MGTE_DSN", "",
+            "the database, as a libpq connection string; empty uses the PG* environment variables. "
+            "Connect as a superuser or a role granted EXECUTE on mgte._claim, _complete, _fail and _release")
+    _option(parser, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
+    _option(parser, "--batch-size", "MGTE_BATCH_SIZE", 32, "rows claimed and embedded at a time", type=_positive)
+    _option(parser, "--lease-seconds", "MGTE_LEASE_SECONDS", 600,
+            "how long claimed rows stay reserved; a worker that dies frees its rows after this", type=_positive)
+    _option(parser, "--poll-seconds", "MGTE_POLL_SECONDS", 5,
+            "longest wait for new work between NOTIFY wake-ups", type=_positive)
+    _option(parser, "--max-backoff-seconds", "MGTE_MAX_BACKOFF_SECONDS", 30,
+            "longest wait between retries while the server or database is unavailable", type=_positive)
+    _option(parser, "--timeout-seconds", "MGTE_TIMEOUT_SECONDS", 3600, "longest wait for one server call",
+            type=_positive)
+    _option(parser, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
+
+
+def _worker_settings(args: argparse.Namespace) -> Any:
+    from mgte.worker import Settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
+    return Settings(dsn=args.dsn, socket=str(args.socket), batch_size=args.batch_size,
+                    lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds,
+                    max_backoff_seconds=args.max_backoff_seconds, timeout_seconds=args.timeout_seconds)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from mgte.worker import Worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.getLogger("mgte.worker").info("worker started (socket %s)", args.socket)
+    Worker(_worker_settings(args), stop).run()
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from mgte.worker import backfill
+
+    backfill(_worker_settings(args), args.table)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

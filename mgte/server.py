@@ -162,7 +162,7 @@ class Server:
                 raise InputRejected(f"unknown op {op!r}; expected one of {', '.join(_FIELDS)}")
             unknown = sorted(set(request) - _FIELDS[op])
             if unknown:
-                raise InputRejected(f"unknown field {unknown[0]!r} in a {op} request; "
+                raise InputRejected(f"unknown field {unknown[0]!r} in the {op} request; "
                                     f"fields: {', '.join(sorted(_FIELDS[op]))}")
             if self._draining:
                 raise ShuttingDown("the mgte server is shutting down", hint="retry when it is back")

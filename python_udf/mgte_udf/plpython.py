@@ -13,6 +13,7 @@ import mgte_udf
 from mgte_udf import protocol
 from mgte_udf.client import DEFAULT_TIMEOUT, Client
 from mgte_udf.errors import MgteError
+from mgte_udf.records import records, vector_literal
 
 _SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
                  "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms")
@@ -33,7 +34,7 @@ def embed(plpy: Any, GD: dict[str, Any], text: str | None, dim: int | None) -> s
     result = _call(plpy, GD, lambda client: client.encode([text], dense=True, dim=dim))
     _notice_truncated(plpy, result.truncated, result.tokens, single=True)
     assert result.dense is not None
-    return _vector_literal(result.dense[0])
+    return vector_literal(result.dense[0])
 
 
 def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int | None) -> list[str | None] | None:
@@ -46,7 +47,7 @@ def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int 
         _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
         assert result.dense is not None
         for i, vector in zip(present, result.dense, strict=True):
-            out[i] = _vector_literal(vector)
+            out[i] = vector_literal(vector)
     return out
 
 
@@ -78,6 +79,28 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
     return [(i + 1, scores[i]) for i in order]
 
 
+def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int, want_sparse: bool,
+                vocab_size: int, timeout_ms: int, fall_back: bool) -> list[tuple[Any, ...]]:
+    """Sync-mode auto-embedding: (position, embedding, sparse, sparsevec, model, md5, tokens,
+    truncated) per text. With `fall_back`, failures give no rows and a WARNING, and the
+    trigger queues the texts for the worker instead."""
+    if not texts:
+        return []
+    client = _client(plpy, GD, timeout=timeout_ms / 1000)
+    try:
+        encoded = client.encode(texts, dense=True, sparse=want_sparse, sparse_ids=want_sparse, dim=dim)
+    except MgteError as exc:
+        if not fall_back:
+            plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
+        plpy.warning(f"mgte: {len(texts)} row(s) queued for `mgte worker` instead of embedded now: {exc}",
+                     hint=exc.hint)
+        return []
+    _notice_truncated(plpy, encoded.truncated, encoded.tokens, single=len(texts) == 1)
+    return [(i + 1, r.embedding, None if r.sparse is None else json.dumps(r.sparse, ensure_ascii=False),
+             r.sparsevec, r.model, r.text_md5, r.tokens, r.truncated)
+            for i, r in enumerate(records(texts, encoded, vocab_size))]
+
+
 def info(plpy: Any, GD: dict[str, Any]) -> str:
     server = _call(plpy, GD, lambda client: client.info())
     client = GD["mgte_client"]
@@ -94,14 +117,15 @@ def _call(plpy: Any, GD: dict[str, Any], request: Any) -> Any:
         plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
 
 
-def _client(plpy: Any, GD: dict[str, Any]) -> Client:
-    """The backend's client for the current settings, kept open across calls."""
+def _client(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> Client:
+    """The backend's client for the current settings (or the `timeout` given), kept open across calls."""
     plan = GD.get("mgte_settings_plan")
     if plan is None:
         plan = GD["mgte_settings_plan"] = plpy.prepare(_SETTINGS_SQL)
     row = plpy.execute(plan)[0]
     socket_path = row["socket_path"] or protocol.DEFAULT_SOCKET_PATH
-    timeout = _timeout_seconds(plpy, row["timeout_ms"])
+    if timeout is None:
+        timeout = _timeout_seconds(plpy, row["timeout_ms"])
     client: Client | None = GD.get("mgte_client")
     if client is None or client.socket_path != socket_path or client.timeout != timeout:
         if client is not None:
@@ -145,8 +169,3 @@ def _notice_truncated(plpy: Any, truncated: list[int], tokens: list[int], single
         positions = ", ".join(str(i + 1) for i in truncated[:20]) + (", ..." if len(truncated) > 20 else "")
         plpy.notice(f"mgte: {len(truncated)} input(s) longer than the model reads were truncated "
                     f"(array positions {positions})")
-
-
-def _vector_literal(values: list[float]) -> str:
-    # repr() round-trips each float32 exactly through pgvector's parser.
-    return "[" + ",".join(map(repr, values)) + "]"

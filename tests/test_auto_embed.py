@@ -1,0 +1,466 @@
+"""Auto-embedding with real PostgreSQL, real servers and real `mgte worker` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mgte.client import Client
+from mgte.pgcluster import Cluster
+from mgte.server_process import ServerProcess
+from tests.conftest import Checkpoints, shared_tempdir, start_server
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass
+class Database:
+    name: str
+    conninfo: str
+    conn: Connection
+    socket: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def one(self, query: str, *params: Any) -> Any:
+        row = self.conn.execute(query, params or None).fetchone()
+        assert row is not None
+        return row[0]
+
+    def status(self, table: str) -> dict[str, Any]:
+        cursor = self.conn.execute("SELECT * FROM mgte_status(%s::regclass)", [table])
+        row = cursor.fetchone()
+        assert row is not None and cursor.description is not None
+        return dict(zip([c.name for c in cursor.description], row, strict=True))
+
+    def start_worker(self, *flags: str) -> subprocess.Popen[bytes]:
+        log = self.socket.parent / f"worker-{uuid.uuid4().hex[:6]}.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "mgte", "worker", "--dsn", self.conninfo, "--socket", str(self.socket),
+                 "--poll-seconds", "1", "--max-backoff-seconds", "1", *flags],
+                stdout=out, stderr=subprocess.STDOUT)
+        self.workers.append(worker)
+        self.logs.append(log)
+        return worker
+
+    def worker_logs(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for log in self.logs)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@contextlib.contextmanager
+def database(cluster: Cluster, socket: Path) -> Iterator[Database]:
+    """A fresh database with the extension, its sessions pointed at `socket`."""
+    name = f"mgte_auto_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("ALTER DATABASE {} SET mgte.socket_path = {}").format(
+            sql.Identifier(name), sql.Literal(str(socket))))
+    conn = psycopg.connect(cluster.conninfo(name), autocommit=True)
+    conn.execute("CREATE EXTENSION mgte CASCADE")
+    db = Database(name, cluster.conninfo(name), conn, socket)
+    try:
+        yield db
+    finally:
+        for worker in db.workers:
+            stop(worker)
+        conn.close()
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db(cluster: Cluster, server: ServerProcess) -> Iterator[Database]:
+    with database(cluster, server.socket) as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def own_server(checkpoints: Checkpoints) -> Iterator[ServerProcess]:
+    """A server of this test's own, in a directory where it can be restarted."""
+    running = start_server(checkpoints.embedding_native, socket_dir=shared_tempdir("mgte-own-"))
+    yield running
+    running.stop()
+
+
+def restart(server: ServerProcess, checkpoints: Checkpoints, *flags: str) -> ServerProcess:
+    return start_server(checkpoints.embedding_native, *flags, socket_dir=server.socket.parent)
+
+
+def make_docs(db: Database, rows: int, table: str = "docs", words: int = 0, enable: bool = True) -> None:
+    db.conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text, n integer DEFAULT 0)")
+    if enable:
+        db.conn.execute("SELECT mgte_enable(%s, 'body')", [table])
+    filler = " lorem ipsum" * words
+    db.conn.execute(f"INSERT INTO {table} (id, body) SELECT g, 'document ' || g || %s "
+                    "FROM generate_series(1, %s) g", [filler, rows])
+
+
+def done(db: Database, table: str = "docs") -> bool:
+    status = db.status(table)
+    return bool(status["pending"] == 0 and status["in_progress"] == 0)
+
+
+def assert_all_embedded(db: Database, rows: int, table: str = "docs", check_vectors: int | None = None) -> None:
+    """Every row stored once, from its current text; `check_vectors` rows (all by default)
+    also equal mgte_embed() of that text."""
+    embeddings = f"mgte.{table}_embeddings"
+    assert db.one(f"SELECT count(*) FROM {embeddings}") == rows
+    assert db.one(f"SELECT count(*) FROM {table} d JOIN {embeddings} e USING (id) "
+                  "WHERE e.text_md5 = md5(d.body)") == rows
+    sample = rows if check_vectors is None else check_vectors
+    far = db.one(f"SELECT count(*) FROM (SELECT * FROM {table} ORDER BY random() LIMIT %s) d "
+                 f"JOIN {embeddings} e USING (id) WHERE e.embedding <-> mgte_embed(d.body) > 1e-4", sample)
+    assert far == 0
+
+
+# --- enabling ----------------------------------------------------------------------
+
+def test_enable_sets_up_and_queues_existing_rows(db: Database) -> None:
+    make_docs(db, 10, enable=False)
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (11, NULL)")
+    store = db.one("SELECT mgte_enable('docs', 'body')::text")
+    assert store == "mgte.docs_embeddings"
+    assert db.one("SELECT mgte_enable('docs', 'body')::text") == store  # harmless twice
+    status = db.status("docs")
+    assert (status["pending"], status["in_progress"], status["failed"]) == (10, 0, 0)  # the NULL text waits for none
+    assert db.one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                  "WHERE attrelid = 'mgte.docs_embeddings'::regclass AND attname = 'embedding'") == "vector(32)"
+    triggers = {row[0] for row in db.conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass").fetchall()}
+    assert triggers == {"mgte_insert", "mgte_update", "mgte_delete", "mgte_truncate"}
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'sync')")  # the mode may change
+    assert db.status("docs")["mode"] == "sync"
+
+
+@pytest.mark.parametrize(("setup", "call", "sqlstate", "message"), [
+    ("CREATE TABLE t (a text)", "SELECT mgte_enable('t', 'a')", "42P16", "table public.t has no primary key"),
+    ("CREATE TABLE t (id int PRIMARY KEY, a text)", "SELECT mgte_enable('t', 'nope')", "42703",
+     'column "nope" of table public.t does not exist'),
+    ("CREATE TABLE t (id int PRIMARY KEY, a int)", "SELECT mgte_enable('t', 'a')", "42804",
+     'column "a" of table public.t is of type integer, not text'),
+    ("CREATE TABLE t (id int PRIMARY KEY, a text)", "SELECT mgte_enable('t', 'a', mode => 'later')", "22023",
+     "mode must be 'async' or 'sync', not 'later'"),
+    ("CREATE TABLE t (id int PRIMARY KEY, a text)", "SELECT mgte_enable('t', 'a', dim => 0)", "22023",
+     "dim must be positive"),
+    ("CREATE VIEW t AS SELECT 1 AS id, 'x'::text AS a", "SELECT mgte_enable('t', 'a')", "42809",
+     "public.t is not a table"),
+    ("CREATE TABLE t (id int PRIMARY KEY, a text, b text); SELECT mgte_enable('t', 'a')",
+     "SELECT mgte_enable('t', 'b')", "42710", 'already has auto-embedding of column "a"'),
+    ("", "SELECT mgte_retry_failed('pg_class')", "42704", "table pg_class has no auto-embedding"),
+])
+def test_enable_errors(db: Database, setup: str, call: str, sqlstate: str, message: str) -> None:
+    if setup:
+        db.conn.execute(setup)
+    with pytest.raises(psycopg.Error) as raised:
+        db.conn.execute(call)
+    assert raised.value.sqlstate == sqlstate
+    assert message in str(raised.value.diag.message_primary)
+
+
+def test_enable_without_server_needs_dim(cluster: Cluster, tmp_path: Path) -> None:
+    with database(cluster, tmp_path / "no-server.sock") as db:
+        db.conn.execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
+        with pytest.raises(psycopg.Error) as raised:
+            db.conn.execute("SELECT mgte_enable('t', 'a')")
+        assert raised.value.sqlstate == "08006" and "dim => 768" in str(raised.value.diag.message_hint)
+        assert db.one("SELECT mgte_enable('t', 'a', dim => 768)::text") == "mgte.t_embeddings"
+
+
+def test_disable_and_drop(db: Database) -> None:
+    make_docs(db, 3)
+    db.conn.execute("SELECT mgte_disable('docs', keep_embeddings => true)")
+    assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass") == 0
+    assert db.one("SELECT to_regclass('mgte.docs_queue')") is None
+    assert db.one("SELECT to_regclass('mgte.docs_embeddings')::text") == "mgte.docs_embeddings"
+    db.conn.execute("DROP TABLE mgte.docs_embeddings")
+    db.conn.execute("SELECT mgte_enable('docs', 'body')")
+    db.conn.execute("DROP TABLE docs")  # takes its mgte objects along
+    assert db.one("SELECT count(*) FROM mgte.enabled") == 0
+    assert db.one("SELECT count(*) FROM pg_class WHERE relnamespace = 'mgte'::regnamespace AND relname LIKE "
+                  "'docs%'") == 0
+
+
+def test_hostile_names_are_quoted(db: Database) -> None:
+    db.conn.execute('CREATE TABLE "we""ird; DROP TABLE x" ("k e""y" text, "b o""dy" text, PRIMARY KEY ("k e""y"))')
+    table = '"we""ird; DROP TABLE x"'
+    db.conn.execute("SELECT mgte_enable(%s, %s)", [table, 'b o"dy'])
+    db.conn.execute(f"INSERT INTO {table} VALUES ('a', 'first'), ('b', 'second')")
+    worker = db.start_worker()
+    wait_until(lambda: db.status(table)["pending"] == 0 and db.status(table)["in_progress"] == 0, "embedded")
+    stop(worker)
+    store = db.one("SELECT embeddings::text FROM mgte.enabled")
+    assert db.one(f'SELECT count(*) FROM {store} e JOIN {table} t USING ("k e""y") '
+                  f'WHERE e.text_md5 = md5(t."b o""dy")') == 2
+
+
+def test_composite_key_of_several_types(db: Database) -> None:
+    db.conn.execute("CREATE TABLE parts (region text, day date, n numeric, body text, PRIMARY KEY (region, day, n))")
+    db.conn.execute("SELECT mgte_enable('parts', 'body', dim => 8, sparse => false)")
+    db.conn.execute("INSERT INTO parts VALUES ('eu', '2026-01-02', 1.5, 'uno'), ('eu', '2026-01-02', 2, 'dos'), "
+                    "('us', '2026-01-03', 1.5, 'tres')")
+    worker = db.start_worker()
+    wait_until(lambda: done(db, "parts"), "embedded")
+    stop(worker)
+    rows = db.conn.execute("SELECT region, n, vector_dims(embedding), sparse, sparsevec FROM mgte.parts_embeddings "
+                           "ORDER BY region, n").fetchall()
+    assert [(r[0], float(r[1]), r[2], r[3], r[4]) for r in rows] == [
+        ("eu", 1.5, 8, None, None), ("eu", 2.0, 8, None, None), ("us", 1.5, 8, None, None)]
+
+
+# --- the worker ---------------------------------------------------------------------
+
+def test_worker_embeds_dense_sparse_and_sparsevec(db: Database, client: Client) -> None:
+    make_docs(db, 50)
+    worker = db.start_worker("--batch-size", "16")
+    wait_until(lambda: done(db), "embedded")
+    assert_all_embedded(db, 50)
+    text, sparse, sparsevec, model, tokens, truncated = db.conn.execute(
+        "SELECT d.body, e.sparse, e.sparsevec::text, e.model, e.tokens, e.truncated "
+        "FROM docs d JOIN mgte.docs_embeddings e USING (id) WHERE id = 7").fetchone() or ()
+    assert sparse == db.one("SELECT mgte_sparse(%s)", text)
+    assert model == db.one("SELECT mgte_info() -> 'model' ->> 'id'")
+    assert tokens == client.encode([text]).tokens[0] and truncated is False
+    assert sparsevec.endswith("}/250048") and len(sparse) >= sparsevec.count(":") > 0
+    lines = [line for line in db.worker_logs().splitlines() if "docs: " in line and "stored" in line]
+    assert lines and all("rows/s" in line for line in lines)  # one line per batch
+    stop(worker)
+
+
+def test_rows_inserted_while_the_server_is_down_are_embedded_when_it_is_back(
+        cluster: Cluster, own_server: ServerProcess, checkpoints: Checkpoints) -> None:
+    with database(cluster, own_server.socket) as db:
+        db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, n integer DEFAULT 0)")
+        db.conn.execute("SELECT mgte_enable('docs', 'body')")
+        own_server.stop()
+        with pytest.raises(psycopg.Error) as raised:
+            db.conn.execute("SELECT mgte_embed('the server is down')")
+        assert raised.value.sqlstate == "08006"
+        db.start_worker()
+        started = time.monotonic()
+        for i in range(1, 2001):
+            db.conn.execute("INSERT INTO docs (id, body) VALUES (%s, %s)", [i, f"row {i} written while down"])
+        assert time.monotonic() - started < 60  # nothing waited for the server
+        time.sleep(1.5)  # the worker tries, fails and backs off
+        assert db.status("docs")["pending"] + db.status("docs")["in_progress"] == 2000
+        back = restart(own_server, checkpoints)
+        try:
+            wait_until(lambda: done(db), "all 2000 rows are embedded")
+            assert_all_embedded(db, 2000)
+            assert "retrying in" in db.worker_logs()
+        finally:
+            back.stop()
+
+
+def test_server_killed_mid_backlog(cluster: Cluster, own_server: ServerProcess, checkpoints: Checkpoints) -> None:
+    with database(cluster, own_server.socket) as db:
+        make_docs(db, 5000)
+        db.start_worker("--batch-size", "50")
+        wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings") >= 500, "a tenth is embedded")
+        own_server.process.kill()  # SIGKILL: the socket file stays behind
+        own_server.process.wait()
+        time.sleep(1)
+        assert db.status("docs")["pending"] > 0
+        back = restart(own_server, checkpoints)
+        try:
+            wait_until(lambda: done(db), "the backlog is embedded")
+            assert_all_embedded(db, 5000, check_vectors=500)
+        finally:
+            back.stop()
+
+
+def test_worker_killed_mid_batch_its_lease_expires_and_another_finishes(db: Database) -> None:
+    make_docs(db, 400, words=400)  # long texts: a batch takes a while
+    first = db.start_worker("--batch-size", "100", "--lease-seconds", "3")
+    wait_until(lambda: db.status("docs")["in_progress"] > 0, "the first worker holds a lease", timeout=60)
+    first.kill()
+    first.wait()
+    leased = db.status("docs")["in_progress"]
+    assert leased > 0
+    second = db.start_worker("--batch-size", "100", "--lease-seconds", "3")
+    wait_until(lambda: done(db), "the second worker finishes")
+    stop(second)
+    assert_all_embedded(db, 400, check_vectors=50)
+
+
+def test_two_workers_embed_each_row_once(cluster: Cluster, own_server: ServerProcess) -> None:
+    with database(cluster, own_server.socket) as db:
+        make_docs(db, 3000)
+        with own_server.client() as client:
+            before = client.info()["batching"]["sequences"]
+            db.start_worker("--batch-size", "40")
+            db.start_worker("--batch-size", "40")
+            wait_until(lambda: done(db), "the backlog is embedded")
+            assert client.info()["batching"]["sequences"] - before == 3000  # no row sent twice
+        assert_all_embedded(db, 3000, check_vectors=300)
+        # both took part
+        assert all("stored" in log.read_text() for log in db.logs)
+
+
+def test_poison_row_goes_to_the_dead_letters_and_the_rest_is_stored(
+        cluster: Cluster, checkpoints: Checkpoints) -> None:
+    strict = start_server(checkpoints.embedding_native, "--max-request-bytes", "4096",
+                          socket_dir=shared_tempdir("mgte-poison-"))
+    try:
+        with database(cluster, strict.socket) as db:
+            make_docs(db, 99)
+            db.conn.execute("INSERT INTO docs (id, body) VALUES (100, repeat('x', 5000))")
+            worker = db.start_worker("--batch-size", "100")
+            wait_until(lambda: done(db) and db.status("docs")["failed"] == 1, "the batch is handled")
+            assert db.one("SELECT count(*) FROM mgte.docs_embeddings") == 99
+            failed = db.conn.execute("SELECT error, attempts FROM mgte.docs_failed WHERE id = 100").fetchone()
+            assert failed is not None
+            error, attempts = failed
+            assert "over the limit" in error and attempts == 1
+            stop(worker)
+            assert db.one("SELECT mgte_retry_failed('docs')") == 1
+            assert (db.status("docs")["pending"], db.status("docs")["failed"]) == (1, 0)
+            db.conn.execute("UPDATE docs SET body = 'short now' WHERE id = 100")
+            db.start_worker()
+            wait_until(lambda: done(db), "the repaired row is embedded")
+            assert_all_embedded(db, 100)
+            assert db.status("docs")["failed"] == 0
+    finally:
+        strict.stop()
+
+
+def test_updates_re_embed_only_a_changed_text(db: Database) -> None:
+    make_docs(db, 20)
+    worker = db.start_worker()
+    wait_until(lambda: done(db), "embedded")
+    first: dict[int, Any] = dict(db.conn.execute("SELECT id, embedded_at FROM mgte.docs_embeddings").fetchall())
+    db.conn.execute("UPDATE docs SET n = n + 1")  # another column
+    db.conn.execute("UPDATE docs SET body = body WHERE id <= 10")  # the same text
+    assert db.status("docs")["pending"] == 0
+    db.conn.execute("UPDATE docs SET body = 'changed ' || id WHERE id = 3")
+    wait_until(lambda: done(db), "re-embedded")
+    after: dict[int, Any] = dict(db.conn.execute("SELECT id, embedded_at FROM mgte.docs_embeddings").fetchall())
+    assert [i for i in first if after[i] != first[i]] == [3]
+    assert_all_embedded(db, 20)
+    db.conn.execute("UPDATE docs SET body = NULL WHERE id = 4")
+    db.conn.execute("DELETE FROM docs WHERE id = 5")
+    assert db.one("SELECT count(*) FROM mgte.docs_embeddings WHERE id IN (4, 5)") == 0
+    stop(worker)
+
+
+def test_updates_racing_the_worker_end_with_the_final_text(db: Database) -> None:
+    make_docs(db, 200)
+    db.start_worker("--batch-size", "20")
+    db.start_worker("--batch-size", "20")
+    for round_ in range(15):
+        db.conn.execute("UPDATE docs SET body = 'round ' || %s || ' of ' || id WHERE id %% 3 = %s",
+                        [round_, round_ % 3])
+        time.sleep(0.05)
+    wait_until(lambda: done(db), "the last texts are embedded")
+    assert_all_embedded(db, 200)
+
+
+def test_deleted_rows_leave_the_queue_and_truncate_empties_it(db: Database) -> None:
+    make_docs(db, 30)
+    db.conn.execute("DELETE FROM docs WHERE id > 10")
+    assert db.status("docs")["pending"] == 10
+    db.conn.execute("TRUNCATE docs")
+    assert db.status("docs")["pending"] == 0
+
+
+def test_copy_is_queued_by_one_trigger_call(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    db.conn.execute("SELECT mgte_enable('docs', 'body')")
+    db.conn.execute("SET track_functions = 'pl'")
+    with db.conn.transaction():
+        with db.conn.cursor().copy("COPY docs (id, body) FROM STDIN") as copy:
+            for i in range(20000):
+                copy.write_row((i, f"copied row {i}"))
+        calls = db.one("SELECT calls FROM pg_stat_xact_user_functions WHERE schemaname = 'mgte' "
+                       "AND funcname = '_on_change'")
+    assert calls == 1
+    assert db.status("docs")["pending"] == 20000
+
+
+def test_status_reports_progress(db: Database) -> None:
+    make_docs(db, 30)
+    status = db.status("docs")
+    assert status["pending"] == 30 and status["last_embedded"] is None and status["embedded_last_minute"] == 0
+    assert status["oldest_pending"].total_seconds() >= 0
+    worker = db.start_worker()
+    wait_until(lambda: done(db), "embedded")
+    stop(worker)
+    status = db.status("docs")
+    assert (status["pending"], status["in_progress"], status["failed"]) == (0, 0, 0)
+    assert status["embedded_last_minute"] == 30 and status["last_embedded"] is not None
+    assert status["oldest_pending"] is None
+
+
+def test_backfill_shows_progress(db: Database) -> None:
+    make_docs(db, 300)
+    out = subprocess.run([sys.executable, "-m", "mgte", "backfill", "docs", "--dsn", db.conninfo,
+                          "--socket", str(db.socket), "--batch-size", "50"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "docs: 300 rows to embed" in out.stderr
+    assert "300/300 rows" in out.stderr and "rows/s" in out.stderr and "ETA" in out.stderr
+    assert "docs: done, 300 rows" in out.stderr
+    assert_all_embedded(db, 300)
+
+
+# --- sync mode ------------------------------------------------------------------------
+
+def test_sync_mode_embeds_inside_the_statement(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, n integer DEFAULT 0)")
+    db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync')")
+    db.conn.execute("INSERT INTO docs (id, body) SELECT g, 'sync row ' || g FROM generate_series(1, 25) g")
+    assert db.status("docs")["pending"] == 0
+    assert_all_embedded(db, 25)
+    db.conn.execute("UPDATE docs SET body = 'new text' WHERE id = 1")
+    assert_all_embedded(db, 25)
+
+
+def test_sync_mode_without_server_falls_back_to_the_queue_or_fails(db: Database, tmp_path: Path) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, n integer DEFAULT 0)")
+    db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync')")
+    db.conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(tmp_path / "down.sock")])
+    warnings: list[str] = []
+    db.conn.add_notice_handler(lambda diag: warnings.append(f"{diag.severity} {diag.message_primary}"))
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (1, 'one'), (2, 'two')")
+    assert any("WARNING" in w and "2 row(s) queued for `mgte worker`" in w for w in warnings)
+    assert db.status("docs")["pending"] == 2
+    db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync', on_failure => 'error')")
+    with pytest.raises(psycopg.Error) as raised:
+        db.conn.execute("INSERT INTO docs (id, body) VALUES (3, 'three')")
+    assert raised.value.sqlstate == "08006"
+    assert db.one("SELECT count(*) FROM docs") == 2  # the statement failed as a whole
+    db.conn.execute("RESET mgte.socket_path")
+    db.start_worker()
+    wait_until(lambda: done(db), "the queued rows are embedded")
+    assert_all_embedded(db, 2)
