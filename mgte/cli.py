@@ -167,6 +167,10 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Idle OpenMP threads otherwise spin for a while after each batch, taking the CPU that
+    # PostgreSQL and the workers on the same machine need (measured: the server's CPU time
+    # halved and auto-embedding ran 1.5x faster on 2 cores). Set before torch loads OpenMP.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     import transformers
 

@@ -2,8 +2,9 @@
 
 Per batch: claim rows with a lease (mgte._claim, one short statement), call the server with
 no transaction open, then store the results (mgte._complete) and the rejected rows
-(mgte._fail), each one short statement. The SQL lives in sql/auto_embed.sql; this module
-only decides what to do when.
+(mgte._fail), each one short statement. The database work runs on a thread of its own, so
+that storing one batch and claiming the next overlap with the server embedding the
+current one. The SQL lives in sql/auto_embed.sql; this module only decides what to do when.
 
 Failures: a server that is down, overloaded or too slow is transient: the rows are given
 back and the worker retries with capped exponential back-off, forever. A rejected input is
@@ -18,13 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from mgte_udf.client import Client
+from mgte_udf.client import Client, Encoded
 from mgte_udf.errors import InputRejected, MgteError, NotSupported, ServerError
 from mgte_udf.records import records, text_md5
 
@@ -89,15 +91,18 @@ class Worker:
         s = self.settings
         with psycopg.connect(s.dsn, autocommit=True) as conn, \
                 psycopg.connect(s.dsn, autocommit=True) as listener, \
-                Client(s.socket, timeout=s.timeout_seconds) as client:
+                Client(s.socket, timeout=s.timeout_seconds) as client, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgte-db") as db:
             listener.execute("LISTEN mgte")
             while not self.stop.is_set():
                 worked = 0
                 for table in self._tables(conn, only):
-                    result = self._batch_with_backoff(conn, client, table)
-                    worked += result.claimed
-                    if progress is not None and result.claimed:
-                        progress(result)
+                    try:
+                        worked += self._drain(Pipeline(conn, db), client, table, progress)
+                    except psycopg.OperationalError:
+                        raise
+                    except psycopg.Error as exc:  # e.g. the table was altered under us
+                        self._back_off(table.name, f"database error: {str(exc).strip()}")
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
@@ -117,68 +122,114 @@ class Worker:
                            [only]).fetchone()
         return int(row[0]) if row else 0
 
-    def _batch_with_backoff(self, conn: psycopg.Connection[Any], client: Client, table: Table) -> BatchResult:
-        try:
-            result = self.batch(conn, client, table)
-        except MgteError as exc:  # transient: PERMANENT ones are handled inside batch()
-            self._back_off(table.name, str(exc))
-            return BatchResult()
-        self._failures = 0
-        return result
-
     def _back_off(self, what: str, why: str) -> None:
         self._failures += 1
         delay = min(self.settings.max_backoff_seconds, 0.5 * 2 ** (self._failures - 1))
         log.warning("%s: %s; retrying in %.1f s", what, why, delay)
         self.stop.wait(delay)
 
-    def batch(self, conn: psycopg.Connection[Any], client: Client, table: Table) -> BatchResult:
+    def _drain(self, pipeline: Pipeline, client: Client, table: Table,
+               progress: Callable[[BatchResult], None] | None) -> int:
+        """Embeds batches of `table` until its queue is empty, a transient failure, or stop.
+        While the server embeds one batch, the database thread stores the previous one and
+        claims the next."""
         s = self.settings
-        rows = [Row(key, generation, body) for key, generation, _, body in conn.execute(
-            "SELECT key, generation, attempts, body FROM mgte._claim(%s, %s, %s)",
-            [table.name, s.batch_size, s.lease_seconds]).fetchall()]
-        if not rows:
-            return BatchResult()
-        started = time.perf_counter()
+        claimed = 0
+        upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
+        storing: Future[BatchResult] | None = None
         try:
-            results, failures = self._embed(client, table, rows)
-        except MgteError as exc:
-            conn.execute("SELECT mgte._release(%s, %s, %s)", [table.name, Jsonb([r.key for r in rows]), str(exc)])
-            raise
-        out = BatchResult(claimed=len(rows))
-        if results:
-            stored = conn.execute("SELECT mgte._complete(%s, %s)", [table.name, Jsonb(results)]).fetchone()
-            out.stored = int(stored[0]) if stored else 0
-        if failures:
-            failed = conn.execute("SELECT mgte._fail(%s, %s)", [table.name, Jsonb(failures)]).fetchone()
-            out.failed = int(failed[0]) if failed else 0
-        elapsed = time.perf_counter() - started
-        log.info("%s: %d rows: %d stored, %d failed, %d changed meanwhile (queued again); %.2f s, %.0f rows/s",
-                 table.name, len(rows), out.stored, out.failed, len(rows) - out.stored - out.failed,
-                 elapsed, len(rows) / elapsed)
-        return out
+            while True:
+                rows = upcoming.result()
+                if not rows:
+                    return claimed
+                if self.stop.is_set():
+                    pipeline.release(table, rows, "the worker is stopping").result()
+                    return claimed
+                upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
+                started = time.perf_counter()
+                try:
+                    embedded, rejected = self._embed(client, table, rows)
+                except MgteError as exc:  # transient: PERMANENT ones are handled inside _embed()
+                    pipeline.release(table, rows, str(exc))
+                    pipeline.release(table, upcoming.result(), str(exc))
+                    self._back_off(table.name, str(exc))
+                    return claimed
+                self._failures = 0
+                if storing is not None:
+                    _report(storing.result(), progress)
+                storing = pipeline.store(table, rows, embedded, rejected, started)
+                claimed += len(rows)
+        finally:
+            if storing is not None:
+                _report(storing.result(), progress)
 
     def _embed(self, client: Client, table: Table,
-               rows: list[Row]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(results to store, rows to dead-letter); transient errors propagate."""
-        texts = [row.body for row in rows]
+               rows: list[Row]) -> tuple[list[tuple[list[Row], Encoded]], list[tuple[Row, str]]]:
+        """(chunks of rows with their outputs, rejected rows with the reason); transient errors
+        propagate. A rejected batch is split until the rows the server refuses stand alone."""
         try:
-            encoded = client.encode(texts, dense=True, sparse=table.sparse, sparse_ids=table.sparse, dim=table.dim)
+            encoded = client.encode([row.body for row in rows], dense=True, sparse=table.sparse,
+                                    sparse_ids=table.sparse, dim=table.dim)
         except PERMANENT as exc:
             if len(rows) == 1:
-                row = rows[0]
-                log.warning("%s: row %s rejected: %s", table.name, row.key, exc)
-                return [], [{**row.key, "mgte_generation": row.generation, "mgte_text_md5": text_md5(row.body),
-                             "mgte_error": str(exc)}]
+                log.warning("%s: row %s rejected: %s", table.name, rows[0].key, exc)
+                return [], [(rows[0], str(exc))]
             half = len(rows) // 2
             first, second = self._embed(client, table, rows[:half]), self._embed(client, table, rows[half:])
             return first[0] + second[0], first[1] + second[1]
-        return [
-            {**row.key, "mgte_generation": row.generation, "mgte_embedding": record.embedding,
-             "mgte_sparse": record.sparse, "mgte_sparsevec": record.sparsevec, "mgte_model": record.model,
-             "mgte_text_md5": record.text_md5, "mgte_tokens": record.tokens, "mgte_truncated": record.truncated}
-            for row, record in zip(rows, records(texts, encoded, table.vocab_size), strict=True)
-        ], []
+        return [(rows, encoded)], []
+
+
+class Pipeline:
+    """The worker's database work, run in order on one thread that owns the connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any], thread: ThreadPoolExecutor) -> None:
+        self.conn = conn
+        self.thread = thread
+
+    def claim(self, table: Table, batch_size: int, lease_seconds: float) -> Future[list[Row]]:
+        def claim() -> list[Row]:
+            return [Row(key, generation, body) for key, generation, _, body in self.conn.execute(
+                "SELECT key, generation, attempts, body FROM mgte._claim(%s, %s, %s)",
+                [table.name, batch_size, lease_seconds]).fetchall()]
+        return self.thread.submit(claim)
+
+    def release(self, table: Table, rows: list[Row], why: str) -> Future[None]:
+        def release() -> None:
+            if rows:
+                self.conn.execute("SELECT mgte._release(%s, %s, %s)", [table.name, Jsonb([r.key for r in rows]), why])
+        return self.thread.submit(release)
+
+    def store(self, table: Table, rows: list[Row], embedded: list[tuple[list[Row], Encoded]],
+              rejected: list[tuple[Row, str]], started: float) -> Future[BatchResult]:
+        def store() -> BatchResult:
+            results = [
+                {**row.key, "mgte_generation": row.generation, "mgte_embedding": record.embedding,
+                 "mgte_sparse": record.sparse, "mgte_sparsevec": record.sparsevec, "mgte_model": record.model,
+                 "mgte_text_md5": record.text_md5, "mgte_tokens": record.tokens, "mgte_truncated": record.truncated}
+                for chunk, encoded in embedded
+                for row, record in zip(chunk, records([r.body for r in chunk], encoded, table.vocab_size),
+                                       strict=True)]
+            failures = [{**row.key, "mgte_generation": row.generation, "mgte_text_md5": text_md5(row.body),
+                         "mgte_error": error} for row, error in rejected]
+            out = BatchResult(claimed=len(rows))
+            if results:
+                stored = self.conn.execute("SELECT mgte._complete(%s, %s)", [table.name, Jsonb(results)]).fetchone()
+                out.stored = int(stored[0]) if stored else 0
+            if failures:
+                failed = self.conn.execute("SELECT mgte._fail(%s, %s)", [table.name, Jsonb(failures)]).fetchone()
+                out.failed = int(failed[0]) if failed else 0
+            elapsed = time.perf_counter() - started
+            log.info("%s: %d rows: %d stored, %d failed, %d changed meanwhile (queued again); %.2f s, %.0f rows/s",
+                     table.name, len(rows), out.stored, out.failed, len(rows) - out.stored - out.failed,
+                     elapsed, len(rows) / elapsed)
+            return out
+        return self.thread.submit(store)
+
+
+def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None) -> None:
+    if progress is not None:
+        progress(result)
 
 
 def backfill(settings: Settings, table: str) -> None:

@@ -313,6 +313,7 @@ DECLARE
     cfg mgte.enabled;
     keys text;
     changed text;
+    upsert text;
     queued bigint;
 BEGIN
     SELECT * INTO cfg FROM mgte.enabled e WHERE e.tbl = TG_RELID::regclass;
@@ -371,10 +372,21 @@ BEGIN
             cfg.queue, keys)
         USING cfg.dim, cfg.sparse, cfg.vocab_size, cfg.sync_timeout_ms, cfg.on_failure = 'queue';
     ELSE
-        EXECUTE format(
+        upsert := format(
             'INSERT INTO %1$s AS q (%2$s) SELECT %2$s FROM (%3$s) AS c '
             'ON CONFLICT (%2$s) DO UPDATE SET generation = q.generation + 1, enqueued_at = now(), last_error = NULL',
             cfg.queue, keys, changed);
+        IF TG_OP = 'INSERT' THEN
+            -- New keys are not queued yet (deletes take their entries along), and a plain
+            -- INSERT costs half as much as the upsert, which stays the fallback.
+            BEGIN
+                EXECUTE format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM (%3$s) AS c', cfg.queue, keys, changed);
+            EXCEPTION WHEN unique_violation THEN
+                EXECUTE upsert;
+            END;
+        ELSE
+            EXECUTE upsert;
+        END IF;
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
