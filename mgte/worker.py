@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from mgte.errors import UserError
 from mgte_udf.client import Client, Encoded
 from mgte_udf.errors import InputRejected, MgteError, NotSupported, ServerError
 from mgte_udf.records import records, text_md5
@@ -111,11 +112,7 @@ class Worker:
                         pass
 
     def _tables(self, conn: psycopg.Connection[Any], only: str | None) -> list[Table]:
-        rows = conn.execute(
-            "SELECT tbl::text, dim, sparse, vocab_size FROM mgte.enabled "
-            "WHERE %(only)s::regclass IS NULL OR tbl = %(only)s::regclass ORDER BY tbl::text",
-            {"only": only}).fetchall()
-        return [Table(*row) for row in rows]
+        return enabled_tables(conn, only)
 
     def _remaining(self, conn: psycopg.Connection[Any], only: str | None) -> int:
         row = conn.execute("SELECT coalesce(sum(pending + in_progress), 0) FROM mgte_status(%s::regclass)",
@@ -232,9 +229,23 @@ def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None)
         progress(result)
 
 
+def enabled_tables(conn: psycopg.Connection[Any], only: str | None = None) -> list[Table]:
+    installed = conn.execute("SELECT to_regclass('mgte.enabled') IS NOT NULL").fetchone()
+    if not (installed and installed[0]):
+        raise UserError(f"database {conn.info.dbname!r} has no mgte extension",
+                        hint="CREATE EXTENSION mgte CASCADE there, or point --dsn at the right database")
+    rows = conn.execute(
+        "SELECT tbl::text, dim, sparse, vocab_size FROM mgte.enabled "
+        "WHERE %(only)s::regclass IS NULL OR tbl = %(only)s::regclass ORDER BY tbl::text",
+        {"only": only}).fetchall()
+    return [Table(*row) for row in rows]
+
+
 def backfill(settings: Settings, table: str) -> None:
     """Embeds what `table` has queued, in the foreground, with a progress line on stderr."""
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
+        if not enabled_tables(conn, table):
+            raise UserError(f"table {table} has no auto-embedding", hint=f"SELECT mgte_enable('{table}', 'column')")
         row = conn.execute("SELECT sum(pending + in_progress) FROM mgte_status(%s::regclass)", [table]).fetchone()
     total = int(row[0] or 0) if row else 0
     done = 0

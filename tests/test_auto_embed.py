@@ -434,6 +434,34 @@ def test_backfill_shows_progress(db: Database) -> None:
     assert_all_embedded(db, 300)
 
 
+def test_worker_stops_on_sigterm_and_gives_back_its_rows(db: Database) -> None:
+    make_docs(db, 2000, words=50)
+    worker = db.start_worker("--batch-size", "100")
+    wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings") > 0, "the worker is busy")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    status = db.status("docs")
+    assert status["in_progress"] == 0 and status["pending"] > 0  # nothing stays leased
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["backfill", "docs"], "table docs has no auto-embedding"),
+    (["backfill", "nope"], 'relation "nope" does not exist'),
+])
+def test_backfill_errors(db: Database, args: list[str], message: str) -> None:
+    db.conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    out = subprocess.run([sys.executable, "-m", "mgte", *args, "--dsn", db.conninfo, "--socket", str(db.socket)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_worker_on_a_database_without_the_extension(cluster: Cluster, server: ServerProcess) -> None:
+    out = subprocess.run([sys.executable, "-m", "mgte", "worker", "--dsn", cluster.conninfo("template1"),
+                          "--socket", str(server.socket)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "database 'template1' has no mgte extension" in out.stderr and "CREATE EXTENSION mgte" in out.stderr
+
+
 # --- sync mode ------------------------------------------------------------------------
 
 def test_sync_mode_embeds_inside_the_statement(db: Database) -> None:
