@@ -119,10 +119,7 @@ class Server:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.limits.max_connections:
             self._refused_connections += 1
-            await _reply(writer, protocol.error_header(Overloaded(
-                f"mgte server overloaded: {self.limits.max_connections} connections are open, the limit",
-                hint="raise the server's --max-connections, or use fewer client processes")))
-            writer.close()
+            await self._refuse(reader, writer)
             return
         self._connections.add(writer)
         try:
@@ -151,6 +148,23 @@ class Server:
             pass
         finally:
             self._connections.discard(writer)
+            writer.close()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers the connection's first request with "overloaded", then hangs up. Reading
+        the request first matters: closing a socket with unread data resets it, and the
+        client would see a broken connection instead of the reason."""
+        error = Overloaded(f"mgte server overloaded: {self.limits.max_connections} connections are open, the limit",
+                           hint="raise the server's --max-connections, or use fewer client processes")
+        try:
+            prefix = await asyncio.wait_for(reader.readexactly(protocol.PREFIX.size), timeout=10)
+            _, _, json_length, payload_length = protocol.parse_prefix(
+                prefix, self.limits.max_request_bytes, self.limits.max_request_bytes)
+            await asyncio.wait_for(reader.readexactly(json_length + payload_length), timeout=10)
+            await _reply(writer, protocol.error_header(error))
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, MgteError):
+            pass
+        finally:
             writer.close()
 
     async def _answer(self, body: bytes) -> tuple[dict[str, Any], bytes]:

@@ -521,7 +521,8 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION mgte._claim(regclass, integer, double precision), mgte._complete(regclass, jsonb),
-    mgte._fail(regclass, jsonb), mgte._release(regclass, jsonb, text) FROM PUBLIC;
+    mgte._fail(regclass, jsonb), mgte._release(regclass, jsonb, text),
+    mgte._encode(text[], integer, boolean, integer, integer, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION mgte_retry_failed(tbl regclass)
 RETURNS bigint

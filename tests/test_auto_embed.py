@@ -462,6 +462,28 @@ def test_worker_on_a_database_without_the_extension(cluster: Cluster, server: Se
     assert "database 'template1' has no mgte extension" in out.stderr and "CREATE EXTENSION mgte" in out.stderr
 
 
+def test_dump_and_restore_keep_auto_embedding_working(cluster: Cluster, db: Database) -> None:
+    make_docs(db, 20)
+    worker = db.start_worker()
+    wait_until(lambda: done(db), "embedded")
+    stop(worker)
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (21, 'queued before the dump')")
+    dump = db.socket.parent / f"{db.name}.dump"
+    subprocess.run([str(cluster.bindir / "pg_dump"), "--format", "custom", "--file", str(dump),
+                    "--dbname", db.conninfo], check=True)
+    with database(cluster, db.socket) as restored:
+        restored.conn.execute("DROP EXTENSION mgte CASCADE")  # pg_restore recreates it
+        subprocess.run([str(cluster.bindir / "pg_restore"), "--dbname", restored.conninfo, str(dump)], check=True)
+        status = restored.status("docs")
+        assert (status["pending"], status["failed"]) == (1, 0)
+        assert restored.one("SELECT count(*) FROM mgte.docs_embeddings") == 20
+        restored.conn.execute("UPDATE docs SET body = 'changed after the restore' WHERE id = 1")
+        assert restored.status("docs")["pending"] == 2  # the restored triggers queue changes
+        restored.start_worker()
+        wait_until(lambda: done(restored), "the restored queue is embedded")
+        assert_all_embedded(restored, 21)
+
+
 # --- sync mode ------------------------------------------------------------------------
 
 def test_sync_mode_embeds_inside_the_statement(db: Database) -> None:

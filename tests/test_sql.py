@@ -193,21 +193,26 @@ def test_overloaded_and_too_large_have_their_sqlstates(db: Connection, checkpoin
 
 # --- catalog discipline --------------------------------------------------------
 
-def test_every_function_is_stable_pinned_and_commented(db: Connection) -> None:
+def test_every_function_pins_its_search_path_and_the_public_ones_are_stable_and_commented(db: Connection) -> None:
     rows = db.execute("""
-        SELECT p.oid::regprocedure::text, p.provolatile, p.proconfig, obj_description(p.oid, 'pg_proc')
-        FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+        SELECT p.oid::regprocedure::text, n.nspname, p.provolatile, p.proconfig, obj_description(p.oid, 'pg_proc')
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
         JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'mgte'
     """).fetchall()
-    names = {row[0] for row in rows}
-    assert names == {
+    public = {name: (volatility, comment) for name, schema, volatility, _, comment in rows if schema != "mgte"}
+    assert public.keys() == {
         "mgte_embed(text,integer)", "mgte_embed(text[],integer)", "mgte_sparse(text)",
         "mgte_rerank(text,text,boolean)", "mgte_rerank(text,text[],boolean)", "mgte_info()",
+        "mgte_enable(regclass,name,integer,boolean,text,text,integer)", "mgte_disable(regclass,boolean)",
+        "mgte_retry_failed(regclass)", "mgte_status(regclass)",
     }
-    for name, volatility, config, comment in rows:
-        assert volatility == ("v" if name == "mgte_info()" else "s"), name
-        assert config == ["search_path=pg_catalog, pg_temp"], name
+    for name, (volatility, comment) in public.items():
         assert comment, name
+        if name.startswith(("mgte_embed", "mgte_sparse", "mgte_rerank")):
+            assert volatility == "s", name  # STABLE: usable in index scans, never IMMUTABLE
+    for name, _, _, config, _ in rows:
+        assert config == ["search_path=pg_catalog, pg_temp"], name
 
 
 def test_extension_brings_its_dependencies(cluster: Any) -> None:
