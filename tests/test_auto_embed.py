@@ -514,3 +514,13 @@ def test_sync_mode_without_server_falls_back_to_the_queue_or_fails(db: Database,
     db.start_worker()
     wait_until(lambda: done(db), "the queued rows are embedded")
     assert_all_embedded(db, 2)
+
+
+def test_sync_mode_timeout_hands_the_rows_to_the_worker(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, n integer DEFAULT 0)")
+    db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync', sync_timeout_ms => 1)")
+    warnings: list[str] = []
+    db.conn.add_notice_handler(lambda diag: warnings.append(str(diag.message_primary)))
+    db.conn.execute("INSERT INTO docs (id, body) SELECT g, repeat('slow ', 8000) FROM generate_series(1, 8) g")
+    assert any("8 row(s) queued" in w and "did not answer within 0.001 s" in w for w in warnings)
+    assert db.status("docs")["pending"] == 8
