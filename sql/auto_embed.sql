@@ -440,10 +440,26 @@ BEGIN
 END
 $$;
 
--- Stores the results of claimed rows: an array of objects with the key columns,
--- mgte_generation and the mgte_* fields of _store_statement. A row is stored only if its
--- queue entry still has the generation claimed (else its text changed meanwhile: the entry
--- stays, unleased, for the newer text). Returns how many rows were stored.
+-- The start of a statement that settles claimed rows, given as $1, an array of objects with
+-- the key columns, mgte_generation and `fields`: the CTE "done" deletes the queue entries
+-- that still have the generation claimed and returns their keys and attempts; the others
+-- (their text changed meanwhile) are released, to be claimed again for the newer text.
+CREATE OR REPLACE FUNCTION mgte._settle_statement(cfg mgte.enabled, fields text)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format(
+        'WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1) AS r(%1$s, mgte_generation bigint, %2$s)), '
+        'done AS (DELETE FROM %3$s AS q USING r WHERE %4$s AND q.generation = r.mgte_generation '
+        '    RETURNING %5$s, q.attempts), '
+        'released AS (UPDATE %3$s AS q SET leased_until = NULL FROM r '
+        '    WHERE %4$s AND q.generation <> r.mgte_generation) ',
+        mgte._key_definitions(cfg), fields, cfg.queue, mgte._keys_match(cfg, 'q', 'r'), mgte._keys(cfg, 'q'))
+$$;
+
+-- Stores the results of claimed rows (the mgte_* fields of _store_statement); returns how
+-- many were stored.
 CREATE OR REPLACE FUNCTION mgte._complete(tbl regclass, results jsonb)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -451,28 +467,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled := mgte._config(tbl);
-    keys text := mgte._keys(cfg);
     stored bigint;
 BEGIN
-    EXECUTE format(
-        'WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1) AS r(%1$s, mgte_generation bigint, '
-        '    mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text, mgte_model text, mgte_text_md5 text, '
-        '    mgte_tokens integer, mgte_truncated boolean)), '
-        'done AS (DELETE FROM %2$s AS q USING r WHERE %3$s AND q.generation = r.mgte_generation RETURNING %4$s), '
-        'released AS (UPDATE %2$s AS q SET leased_until = NULL FROM r '
-        '    WHERE %3$s AND q.generation <> r.mgte_generation), '
-        'stored AS (%5$s) '
-        'SELECT count(*) FROM stored',
-        mgte._key_definitions(cfg), cfg.queue, mgte._keys_match(cfg, 'q', 'r'), mgte._keys(cfg, 'q'),
-        mgte._store_statement(cfg, format('SELECT r.* FROM r JOIN done USING (%s)', keys)))
+    EXECUTE mgte._settle_statement(cfg, 'mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text, '
+                                        'mgte_model text, mgte_text_md5 text, mgte_tokens integer, mgte_truncated boolean')
+        || format(', stored AS (%s) SELECT count(*) FROM stored',
+                  mgte._store_statement(cfg, format('SELECT r.* FROM r JOIN done USING (%s)', mgte._keys(cfg))))
     INTO stored USING results;
     RETURN stored;
 END
 $$;
 
--- Moves claimed rows the server rejected to the dead-letter table: an array of objects with
--- the key columns, mgte_generation, mgte_text_md5 and mgte_error. Rows whose text changed
--- meanwhile stay queued for the newer text.
+-- Moves claimed rows the server rejected (mgte_text_md5, mgte_error) to the dead-letter
+-- table; returns how many.
 CREATE OR REPLACE FUNCTION mgte._fail(tbl regclass, failures jsonb)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -483,19 +490,12 @@ DECLARE
     keys text := mgte._keys(cfg);
     failed bigint;
 BEGIN
-    EXECUTE format(
-        'WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1) AS r(%1$s, mgte_generation bigint, '
-        '    mgte_text_md5 text, mgte_error text)), '
-        'done AS (DELETE FROM %2$s AS q USING r WHERE %3$s AND q.generation = r.mgte_generation '
-        '    RETURNING %4$s, q.attempts), '
-        'released AS (UPDATE %2$s AS q SET leased_until = NULL FROM r '
-        '    WHERE %3$s AND q.generation <> r.mgte_generation), '
-        'moved AS (INSERT INTO %5$s AS f (%6$s, text_md5, attempts, error) '
-        '    SELECT %7$s, r.mgte_text_md5, done.attempts, r.mgte_error FROM r JOIN done USING (%6$s) '
-        '    ON CONFLICT (%6$s) DO UPDATE SET text_md5 = EXCLUDED.text_md5, attempts = EXCLUDED.attempts, '
+    EXECUTE mgte._settle_statement(cfg, 'mgte_text_md5 text, mgte_error text') || format(
+        ', moved AS (INSERT INTO %1$s AS f (%2$s, text_md5, attempts, error) '
+        '    SELECT %3$s, r.mgte_text_md5, done.attempts, r.mgte_error FROM r JOIN done USING (%2$s) '
+        '    ON CONFLICT (%2$s) DO UPDATE SET text_md5 = EXCLUDED.text_md5, attempts = EXCLUDED.attempts, '
         '        error = EXCLUDED.error, failed_at = now() RETURNING 1) '
         'SELECT count(*) FROM moved',
-        mgte._key_definitions(cfg), cfg.queue, mgte._keys_match(cfg, 'q', 'r'), mgte._keys(cfg, 'q'),
         cfg.failed, keys, mgte._keys(cfg, 'r'))
     INTO failed USING failures;
     RETURN failed;
