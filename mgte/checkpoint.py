@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from transformers import GteConfig
+from transformers import AutoConfig, GteConfig, PretrainedConfig
 
 from mgte import tiny
 from mgte.errors import UserError
 from mgte.gte_config import Kind, gte_config_from_original, kind_of
 
-Format = Literal["original", "native"]
+Format = Literal["original", "native", "sentence-transformers"]
+
+# Encoder families a sentence-transformers folder may hold: transformers' own classes, so no
+# remote code runs.
+SENTENCE_FAMILIES = ("bert", "xlm-roberta", "roberta")
 
 _FLAG: dict[Kind, str] = {"embedding": "--model", "reranker": "--reranker"}
 _NOUN: dict[Kind, str] = {"embedding": "an embedding model", "reranker": "a reranker"}
@@ -21,8 +25,18 @@ _NOUN: dict[Kind, str] = {"embedding": "an embedding model", "reranker": "a rera
 # Only what loading needs: no ONNX exports, no pickled weights.
 _HUB_FILES = [
     "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model",
+    "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model", "vocab.txt",
+    "modules.json", "sentence_bert_config.json", "*_Pooling/config.json",
 ]
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a sentence-transformers model turns token states into one vector."""
+
+    mode: Literal["cls", "mean"]
+    normalize: bool
+    max_length: int | None  # sentence_bert_config.json's max_seq_length
 
 
 @dataclass(frozen=True)
@@ -31,18 +45,26 @@ class Checkpoint:
     path: Path
     kind: Kind
     format: Format
-    config: GteConfig
+    config: PretrainedConfig
+    pooling: Pooling | None = None  # sentence-transformers models only
 
 
 def load_checkpoint(source: str, kind: Kind) -> Checkpoint:
     path = locate(source, kind)
     raw = _read_json(path / "config.json")
+    if (path / "modules.json").is_file() and raw.get("model_type") in SENTENCE_FAMILIES:
+        if kind != "embedding":
+            raise UserError(f"{source} is a sentence-transformers embedding model, not a reranker",
+                            hint="pass it with --model")
+        return Checkpoint(source, path, kind, "sentence-transformers",
+                          AutoConfig.from_pretrained(path, trust_remote_code=False), _pooling(path, source))
     found = kind_of(raw.get("architectures") or [])
     if found != kind:
         names = ", ".join(raw.get("architectures") or ["none"])
         if found is None:
             raise UserError(f"{source} is not an mGTE embedding model or reranker (architectures: {names})",
-                            hint="pass a gte-multilingual-base or gte-multilingual-reranker-base checkpoint")
+                            hint="pass a gte-multilingual-base or gte-multilingual-reranker-base checkpoint, or "
+                                 "a sentence-transformers folder of a BERT or XLM-R encoder")
         raise UserError(f"{source} is {_NOUN[found]} ({names}), not {_NOUN[kind]}",
                         hint=f"pass it with {_FLAG[found]} instead of {_FLAG[kind]}")
     if raw.get("model_type") == "new":
@@ -85,11 +107,32 @@ def _from_hub(repo_id: str, kind: Kind) -> Path:
                  f"directory here and pass {_FLAG[kind]} /path/to/it") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _pooling(path: Path, source: str) -> Pooling:
+    modules = [m for m in _read_json(path / "modules.json", list) if isinstance(m, dict)]
+    pooling = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+    if not pooling:
+        raise UserError(f"{source}: modules.json names no Pooling module", hint="mgte needs CLS or mean pooling")
+    config = _read_json(path / str(pooling[0].get("path", "")) / "config.json")
+    modes = [name for name in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                               "lasttoken") if config.get(f"pooling_mode_{name}")]
+    if modes == ["cls_token"]:
+        mode: Literal["cls", "mean"] = "cls"
+    elif modes == ["mean_tokens"]:
+        mode = "mean"
+    else:
+        raise UserError(f"{source}: pooling {', '.join(modes) or 'none'} is not supported",
+                        hint="mgte pools sentence-transformers models by the CLS token or the mean of the tokens")
+    settings = path / "sentence_bert_config.json"
+    max_length = _read_json(settings).get("max_seq_length") if settings.is_file() else None
+    return Pooling(mode, any(str(m.get("type", "")).endswith(".Normalize") for m in modules),
+                   int(max_length) if max_length else None)
+
+
+def _read_json(path: Path, expect: type[dict[str, Any]] | type[list[Any]] = dict) -> Any:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object")
+    if not isinstance(data, expect):
+        raise UserError(f"{path} is not a JSON {'object' if expect is dict else 'list'}")
     return data

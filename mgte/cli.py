@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     import transformers
 
     from mgte.checkpoint import load_checkpoint
-    from mgte.runtime import Embedder, Reranker, resolve_device, resolve_dtype
+    from mgte.runtime import Reranker, load_encoder, resolve_device, resolve_dtype
     from mgte.server import Limits, Server, Settings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
@@ -196,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
     if limits.max_queue_texts < limits.max_request_texts:
         raise UserError(f"--max-queue-texts ({limits.max_queue_texts}) is below --max-request-texts "
                         f"({limits.max_request_texts}): the largest request could never be queued")
-    embedder = Embedder(load_checkpoint(args.model, "embedding"), device, dtype)
+    embedder = load_encoder(load_checkpoint(args.model, "embedding"), device, dtype)
     reranker = Reranker(load_checkpoint(args.reranker, "reranker"), device, dtype) if args.reranker else None
     settings = Settings(socket_path=args.socket, socket_mode=args.socket_mode,
                         socket_group=args.socket_group, limits=limits)

@@ -17,12 +17,13 @@ class SparseVector:
     weights: torch.Tensor  # float32
 
 
-def dense(first_token_states: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """Matryoshka: keep the first `dim` values of the `<s>` state, THEN L2-normalise."""
-    states = first_token_states.float()
+def dense(states: torch.Tensor, dim: int | None, normalize: bool = True) -> torch.Tensor:
+    """Matryoshka: keep the first `dim` values of the pooled state (mGTE: the `<s>` state),
+    THEN L2-normalise (unless the model's own pipeline does not)."""
+    states = states.float()
     if dim is not None:
         states = states[:, :dim]
-    return F.normalize(states, p=2.0, dim=-1)
+    return F.normalize(states, p=2.0, dim=-1) if normalize else states
 
 
 def sparse(ids: torch.Tensor, token_weights: torch.Tensor, drop_ids: torch.Tensor) -> SparseVector:

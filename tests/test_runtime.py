@@ -39,7 +39,8 @@ def test_both_formats_give_identical_embeddings(embedders: dict[str, Embedder]) 
     batch = [t.ids for t in embedders["native"].tokenize(TEXTS)]
     native, original = embedders["native"].forward(batch), embedders["original"].forward(batch)
     for a, b in zip(native, original, strict=True):
-        assert torch.equal(a.first_token, b.first_token)
+        assert torch.equal(a.state, b.state)
+        assert a.sparse is not None and b.sparse is not None
         assert torch.equal(a.sparse.ids, b.sparse.ids) and torch.equal(a.sparse.weights, b.sparse.weights)
 
 
@@ -54,8 +55,9 @@ def test_original_format_matches_an_independent_reference(embedders: dict[str, E
     embedder = embedders["original"]
     for tokens in embedder.tokenize(TEXTS):
         out = embedder.forward([tokens.ids])[0]
+        assert out.sparse is not None
         hidden = reference.hidden_states(tokens.ids)
-        torch.testing.assert_close(out.first_token.double(), hidden[0], rtol=0, atol=2e-5)
+        torch.testing.assert_close(out.state.double(), hidden[0], rtol=0, atol=2e-5)
         weights = reference.token_weights(tokens.ids)
         expected: dict[int, float] = {}
         for token_id, weight in zip(tokens.ids, weights.tolist(), strict=True):
@@ -82,7 +84,7 @@ def test_reference_notices_a_wrong_rope(checkpoints: Checkpoints) -> None:
     ids = embedder.tokenize([TEXTS[4]])[0].ids
     with torch.no_grad():
         wrong_first = wrong.gte(input_ids=torch.tensor([ids])).last_hidden_state[0, 0]
-    right_first = embedder.forward([ids])[0].first_token
+    right_first = embedder.forward([ids])[0].state
     assert (wrong_first - right_first).abs().max() > 1e-3
 
 
@@ -92,7 +94,8 @@ def test_result_does_not_depend_on_batch_neighbours(embedders: dict[str, Embedde
     together = embedder.forward([t.ids for t in tokens])
     for t, out in zip(tokens, together, strict=True):
         alone = embedder.forward([t.ids])[0]
-        torch.testing.assert_close(out.first_token, alone.first_token, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.state, alone.state, rtol=0, atol=1e-5)
+        assert out.sparse is not None and alone.sparse is not None
         torch.testing.assert_close(out.sparse.weights, alone.sparse.weights, rtol=0, atol=1e-5)
 
 

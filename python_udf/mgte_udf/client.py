@@ -31,6 +31,7 @@ class Encoded:
     tokens: list[int]
     truncated: list[int]
     model: str = ""
+    sparse_dimensions: int | None = None  # the vocabulary size, with sparse_ids
 
 
 @dataclass
@@ -308,6 +309,8 @@ def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: 
     out.tokens.extend(header["tokens"])
     out.truncated.extend(offset + i for i in header["truncated"])
     out.model = str(header.get("model", ""))
+    if "sparse_dimensions" in header:
+        out.sparse_dimensions = int(header["sparse_dimensions"])
 
 
 def _warn_truncated(truncated: list[int], total: int) -> None:
