@@ -107,9 +107,14 @@ class Worker:
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
-                    # Woken by the triggers' NOTIFY, or at least every poll_seconds.
-                    for _ in listener.notifies(timeout=s.poll_seconds, stop_after=1):
-                        pass
+                    self._wait_for_work(listener)
+
+    def _wait_for_work(self, listener: psycopg.Connection[Any]) -> None:
+        """Until the triggers' NOTIFY, poll_seconds, or stop (checked twice a second)."""
+        deadline = time.monotonic() + self.settings.poll_seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
+                return
 
     def _tables(self, conn: psycopg.Connection[Any], only: str | None) -> list[Table]:
         return enabled_tables(conn, only)

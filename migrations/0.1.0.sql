@@ -2,6 +2,7 @@
 
 CREATE SCHEMA mgte;
 COMMENT ON SCHEMA mgte IS 'mgte''s own objects: auto-embedding settings, and for each enabled table its embeddings, queue and failures';
+GRANT USAGE ON SCHEMA mgte TO PUBLIC;
 
 -- One row per table with auto-embedding (mgte_enable). The per-table objects it names are
 -- created by mgte_enable and dropped by mgte_disable.
@@ -12,6 +13,7 @@ CREATE TABLE mgte.enabled (
     embeddings regclass NOT NULL,
     queue regclass NOT NULL,
     failed regclass NOT NULL,
+    search_view regclass,
     dim integer NOT NULL CHECK (dim > 0),
     vocab_size integer NOT NULL CHECK (vocab_size > 0),
     sparse boolean NOT NULL,
@@ -22,3 +24,5 @@ CREATE TABLE mgte.enabled (
 );
 COMMENT ON TABLE mgte.enabled IS 'tables with auto-embedding, and how (see mgte_enable)';
 SELECT pg_catalog.pg_extension_config_dump('mgte.enabled', '');
+-- Like pg_class, readable by all: mgte_search needs it, and it holds no row data.
+GRANT SELECT ON mgte.enabled TO PUBLIC;

@@ -115,7 +115,8 @@ CREATE OR REPLACE FUNCTION mgte_enable(
     sparse boolean DEFAULT true,
     mode text DEFAULT 'async',
     on_failure text DEFAULT 'queue',
-    sync_timeout_ms integer DEFAULT 5000)
+    sync_timeout_ms integer DEFAULT 5000,
+    indexes boolean DEFAULT true)
 RETURNS regclass
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -205,6 +206,10 @@ BEGIN
         info := @extschema@.mgte_info();
         vocab := (info -> 'model' ->> 'vocab_size')::integer;
         dim := coalesce(dim, (info -> 'model' ->> 'hidden_size')::integer);
+        IF sparse AND (info -> 'model' ->> 'sparse')::boolean IS FALSE THEN
+            RAISE EXCEPTION 'the served model % has no sparse (lexical) output', info -> 'model' ->> 'id'
+                USING ERRCODE = 'feature_not_supported', HINT = 'pass sparse => false to store dense embeddings only';
+        END IF;
     EXCEPTION WHEN connection_failure THEN
         IF dim IS NULL THEN
             RAISE EXCEPTION 'mgte_enable needs the embedding size, and the mgte server cannot be reached to ask it'
@@ -230,6 +235,15 @@ BEGIN
         prefix || '_embeddings', key_defs, mgte._vector_type('vector', dim),
         mgte._vector_type('sparsevec', vocab), mgte._keys(cfg));
     EXECUTE format('CREATE INDEX ON mgte.%I (embedded_at)', prefix || '_embeddings');
+    IF coalesce(indexes, true) THEN
+        -- The embeddings are L2-normalised, so inner product ranks as cosine does, and faster.
+        EXECUTE format('CREATE INDEX ON mgte.%I USING hnsw (embedding %s.vector_ip_ops)',
+                       prefix || '_embeddings', mgte._vector_schema());
+        IF sparse THEN
+            EXECUTE format('CREATE INDEX ON mgte.%I USING hnsw (sparsevec %s.sparsevec_ip_ops)',
+                           prefix || '_embeddings', mgte._vector_schema());
+        END IF;
+    END IF;
     EXECUTE format(
         'CREATE TABLE mgte.%I (%s, generation bigint NOT NULL DEFAULT 1, enqueued_at timestamptz NOT NULL DEFAULT now(), '
         'attempts integer NOT NULL DEFAULT 0, leased_until timestamptz, last_error text, PRIMARY KEY (%s))',
@@ -253,6 +267,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON %s, %s, %s TO %I', cfg.embeddings, cfg.queue, cfg.failed,
                    (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = tbl));
 
+    PERFORM mgte._create_search_view(cfg);
+
     EXECUTE format('CREATE TRIGGER mgte_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS mgte_new '
                    'FOR EACH STATEMENT EXECUTE FUNCTION mgte._on_change()', tbl);
     -- PostgreSQL allows no column list ("UPDATE OF") with transition tables: the trigger
@@ -273,8 +289,46 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION mgte_enable(regclass, name, integer, boolean, text, text, integer) IS
-'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text), the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error)';
+COMMENT ON FUNCTION mgte_enable(regclass, name, integer, boolean, text, text, integer, boolean) IS
+'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes, the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error)';
+
+-- <table>_search next to the table, unless that name is taken: SELECT * FROM docs_search
+-- after SET mgte.query = '...' (and mgte.k, 10 by default). It names the table as text,
+-- not as a regclass constant, so that it does not keep DROP TABLE from working.
+CREATE OR REPLACE FUNCTION mgte._create_search_view(cfg mgte.enabled)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel record;
+    view_name text;
+BEGIN
+    SELECT c.relname, n.nspname, pg_catalog.pg_get_userbyid(c.relowner) AS owner INTO rel
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = cfg.tbl;
+    view_name := format('%I.%I', rel.nspname, left(rel.relname, 56) || '_search');
+    IF to_regclass(view_name) IS NOT NULL THEN
+        RAISE NOTICE 'mgte: % already exists, so no search view was created; use mgte_search(%L, ...)',
+            view_name, cfg.tbl::text;
+        RETURN;
+    END IF;
+    EXECUTE format(
+        'CREATE VIEW %s WITH (security_invoker = true) AS '
+        'SELECT %s, s.body AS %I, s.rank AS search_rank, s.dense_score, s.sparse_score, s.fused_score, s.rerank_score '
+        'FROM @extschema@.mgte_search(%L::text::regclass, mgte._setting_query(), k => mgte._setting_k()) AS s '
+        'ORDER BY s.rank',
+        view_name,
+        (SELECT string_agg(format('(s.key ->> %L)::%s AS %I', a.attname,
+                                  pg_catalog.format_type(a.atttypid, a.atttypmod), a.attname), ', ' ORDER BY u.n)
+         FROM unnest(cfg.key_columns) WITH ORDINALITY AS u(k, n)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = cfg.tbl AND a.attname = u.k),
+        cfg.text_column, cfg.tbl::text);
+    EXECUTE format('COMMENT ON VIEW %s IS %L', view_name,
+                   format('mgte hybrid search of %s: SET mgte.query = ''...'' (and mgte.k), then SELECT from it', cfg.tbl));
+    EXECUTE format('ALTER VIEW %s OWNER TO %I', view_name, rel.owner);
+    UPDATE mgte.enabled e SET search_view = view_name::regclass WHERE e.tbl = cfg.tbl;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION mgte_disable(tbl regclass, keep_embeddings boolean DEFAULT false)
 RETURNS void
@@ -293,6 +347,9 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS mgte_insert ON %1$s; DROP TRIGGER IF EXISTS mgte_update ON %1$s; '
                    'DROP TRIGGER IF EXISTS mgte_delete ON %1$s; DROP TRIGGER IF EXISTS mgte_truncate ON %1$s', tbl);
     EXECUTE format('DROP TABLE %s, %s', cfg.queue, cfg.failed);
+    IF cfg.search_view IS NOT NULL THEN
+        EXECUTE format('DROP VIEW IF EXISTS %s', cfg.search_view);
+    END IF;
     IF NOT coalesce(keep_embeddings, false) THEN
         EXECUTE format('DROP TABLE %s', cfg.embeddings);
     END IF;
@@ -521,8 +578,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION mgte._claim(regclass, integer, double precision), mgte._complete(regclass, jsonb),
-    mgte._fail(regclass, jsonb), mgte._release(regclass, jsonb, text),
-    mgte._encode(text[], integer, boolean, integer, integer, boolean) FROM PUBLIC;
+    mgte._fail(regclass, jsonb), mgte._release(regclass, jsonb, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION mgte_retry_failed(tbl regclass)
 RETURNS bigint
@@ -595,6 +651,9 @@ BEGIN
                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
     LOOP
         EXECUTE format('DROP TABLE IF EXISTS %s, %s, %s', cfg.embeddings, cfg.queue, cfg.failed);
+        IF cfg.search_view IS NOT NULL THEN
+            EXECUTE format('DROP VIEW IF EXISTS %s', cfg.search_view);
+        END IF;
         DELETE FROM mgte.enabled e WHERE e.tbl::oid = cfg.tbl::oid;
     END LOOP;
 END

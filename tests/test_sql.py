@@ -204,12 +204,16 @@ def test_every_function_pins_its_search_path_and_the_public_ones_are_stable_and_
     assert public.keys() == {
         "mgte_embed(text,integer)", "mgte_embed(text[],integer)", "mgte_sparse(text)",
         "mgte_rerank(text,text,boolean)", "mgte_rerank(text,text[],boolean)", "mgte_info()",
-        "mgte_enable(regclass,name,integer,boolean,text,text,integer)", "mgte_disable(regclass,boolean)",
-        "mgte_retry_failed(regclass)", "mgte_status(regclass)",
+        "mgte_enable(regclass,name,integer,boolean,text,text,integer,boolean)", "mgte_disable(regclass,boolean)",
+        "mgte_retry_failed(regclass)", "mgte_status(regclass)", "mgte_sparsevec(text)",
+        "mgte_sparse_score(jsonb,jsonb)", "mgte_sparse_score(sparsevec,sparsevec)",
+        "mgte_search(regclass,text,integer,integer,text,double precision,integer,boolean,integer,jsonb)",
+        "mgte_search_vectors(regclass,vector,jsonb,sparsevec,integer,integer,text,double precision,integer,jsonb)",
+        "mgte_search_explain(regclass,text,integer,integer,text,double precision,integer,boolean,integer,jsonb)",
     }
     for name, (volatility, comment) in public.items():
         assert comment, name
-        if name.startswith(("mgte_embed", "mgte_sparse", "mgte_rerank")):
+        if name.startswith(("mgte_embed", "mgte_sparse(", "mgte_sparsevec", "mgte_rerank")):
             assert volatility == "s", name  # STABLE: usable in index scans, never IMMUTABLE
     for name, _, _, config, _ in rows:
         assert config == ["search_path=pg_catalog, pg_temp"], name

@@ -13,7 +13,7 @@ import mgte_udf
 from mgte_udf import protocol
 from mgte_udf.client import DEFAULT_TIMEOUT, Client
 from mgte_udf.errors import MgteError
-from mgte_udf.records import records, vector_literal
+from mgte_udf.records import records, sparsevec_literal, vector_literal
 
 _SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
                  "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms")
@@ -79,14 +79,21 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
     return [(i + 1, scores[i]) for i in order]
 
 
+def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
+    result = _call(plpy, GD, lambda client: client.encode([text], dense=False, sparse_ids=True))
+    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+    return sparsevec_literal(result.sparse_ids[0], result.sparse_dimensions)
+
+
 def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int, want_sparse: bool,
-                vocab_size: int, timeout_ms: int, fall_back: bool) -> list[tuple[Any, ...]]:
-    """Sync-mode auto-embedding: (position, embedding, sparse, sparsevec, model, md5, tokens,
-    truncated) per text. With `fall_back`, failures give no rows and a WARNING, and the
-    trigger queues the texts for the worker instead."""
+                vocab_size: int, timeout_ms: int | None, fall_back: bool) -> list[tuple[Any, ...]]:
+    """Everything auto-embedding stores, per text: (position, embedding, sparse, sparsevec,
+    model, md5, tokens, truncated); `timeout_ms` NULL means mgte.timeout_ms. With
+    `fall_back`, failures give no rows and a WARNING, and the caller queues the texts for the
+    worker instead."""
     if not texts:
         return []
-    client = _client(plpy, GD, timeout=timeout_ms / 1000)
+    client = _client(plpy, GD, timeout=None if timeout_ms is None else timeout_ms / 1000)
     try:
         encoded = client.encode(texts, dense=True, sparse=want_sparse, sparse_ids=want_sparse, dim=dim)
     except MgteError as exc:
