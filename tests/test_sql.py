@@ -247,3 +247,13 @@ def test_database_setting_reaches_new_sessions(cluster: Any, server: Any) -> Non
     finally:
         with psycopg.connect(cluster.conninfo(TEST_DB), autocommit=True) as conn:
             conn.execute(f"ALTER DATABASE {TEST_DB} RESET mgte.socket_path")
+
+
+def test_one_server_call_per_statement_for_the_same_query(db: Connection, client: Client) -> None:
+    db.execute("CREATE TEMP TABLE items AS SELECT g AS id, mgte_embed('item ' || g) AS embedding "
+               "FROM generate_series(1, 30) g")
+    before = client.info()["requests"]["embed"]
+    rows = db.execute("SELECT id FROM items ORDER BY embedding <#> mgte_embed('item 7') LIMIT 10").fetchall()
+    assert len(rows) == 10
+    db.execute("SELECT mgte_sparse('q'), mgte_sparse('q'), mgte_sparse('other')").fetchone()
+    assert client.info()["requests"]["embed"] - before == 3  # 'item 7' once, 'q' once, 'other' once

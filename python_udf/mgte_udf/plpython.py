@@ -7,7 +7,8 @@ logic can be tested without PostgreSQL. `plpy` and `GD` are PL/Python's own obje
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import mgte_udf
 from mgte_udf import protocol
@@ -16,7 +17,12 @@ from mgte_udf.errors import MgteError
 from mgte_udf.records import records, sparsevec_literal, vector_literal
 
 _SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
-                 "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms")
+                 "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms, "
+                 "pg_catalog.statement_timestamp() AS statement")
+# Results remembered within one statement, at most this many.
+_STATEMENT_CACHE_SIZE = 1024
+
+T = TypeVar("T")
 
 
 def check_version(plpy: Any, sql_version: str) -> None:
@@ -31,10 +37,13 @@ def check_version(plpy: Any, sql_version: str) -> None:
 def embed(plpy: Any, GD: dict[str, Any], text: str | None, dim: int | None) -> str | None:
     if text is None:
         return None
-    result = _call(plpy, GD, lambda client: client.encode([text], dense=True, dim=dim))
-    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
-    assert result.dense is not None
-    return vector_literal(result.dense[0])
+
+    def compute(client: Client) -> str:
+        result = _request(plpy, lambda: client.encode([text], dense=True, dim=dim))
+        _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+        assert result.dense is not None
+        return vector_literal(result.dense[0])
+    return _once_per_statement(plpy, GD, ("embed", text, dim), compute)
 
 
 def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int | None) -> list[str | None] | None:
@@ -52,16 +61,29 @@ def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int 
 
 
 def sparse(plpy: Any, GD: dict[str, Any], text: str) -> str:
-    result = _call(plpy, GD, lambda client: client.encode([text], dense=False, sparse=True))
-    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
-    assert result.sparse is not None
-    return json.dumps(result.sparse[0], ensure_ascii=False)
+    def compute(client: Client) -> str:
+        result = _request(plpy, lambda: client.encode([text], dense=False, sparse=True))
+        _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+        assert result.sparse is not None
+        return json.dumps(result.sparse[0], ensure_ascii=False)
+    return _once_per_statement(plpy, GD, ("sparse", text), compute)
+
+
+def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
+    def compute(client: Client) -> str:
+        result = _request(plpy, lambda: client.encode([text], dense=False, sparse_ids=True))
+        _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+        assert result.sparse_ids is not None and result.sparse_dimensions is not None
+        return sparsevec_literal(result.sparse_ids[0], result.sparse_dimensions)
+    return _once_per_statement(plpy, GD, ("sparsevec", text), compute)
 
 
 def rerank(plpy: Any, GD: dict[str, Any], query: str, document: str, sigmoid: bool) -> float:
-    result = _call(plpy, GD, lambda client: client.score(query, [document], sigmoid=sigmoid))
-    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
-    return float(result.scores[0])
+    def compute(client: Client) -> float:
+        result = _request(plpy, lambda: client.score(query, [document], sigmoid=sigmoid))
+        _notice_truncated(plpy, result.truncated, result.tokens, single=True)
+        return float(result.scores[0])
+    return _once_per_statement(plpy, GD, ("rerank", query, document, sigmoid), compute)
 
 
 def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
@@ -77,12 +99,6 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
             scores[i] = score
     order = sorted(range(len(documents)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
     return [(i + 1, scores[i]) for i in order]
-
-
-def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
-    result = _call(plpy, GD, lambda client: client.encode([text], dense=False, sparse_ids=True))
-    _notice_truncated(plpy, result.truncated, result.tokens, single=True)
-    return sparsevec_literal(result.sparse_ids[0], result.sparse_dimensions)
 
 
 def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int, want_sparse: bool,
@@ -116,16 +132,39 @@ def info(plpy: Any, GD: dict[str, Any]) -> str:
                        **server}, ensure_ascii=False)
 
 
-def _call(plpy: Any, GD: dict[str, Any], request: Any) -> Any:
-    client = _client(plpy, GD)
+def _call(plpy: Any, GD: dict[str, Any], request: Callable[[Client], T]) -> T:
+    client, _ = _session(plpy, GD)
+    return _request(plpy, lambda: request(client))
+
+
+def _once_per_statement(plpy: Any, GD: dict[str, Any], key: tuple[Any, ...], compute: Callable[[Client], T]) -> T:
+    """Within one SQL statement the same call is answered from memory. STABLE allows it, and
+    PostgreSQL needs it: `ORDER BY embedding <#> mgte_embed('q') LIMIT 10` evaluates the
+    function once for the index scan and again for every row it returns."""
+    client, cache = _session(plpy, GD)
+    key = (client.socket_path, *key)
+    if key not in cache:
+        if len(cache) >= _STATEMENT_CACHE_SIZE:
+            cache.clear()
+        cache[key] = compute(client)
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def _request(plpy: Any, request: Callable[[], T]) -> T:
     try:
-        return request(client)
+        return request()
     except MgteError as exc:
         plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
+        raise  # plpy.error raises; this tells type checkers so
 
 
 def _client(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> Client:
-    """The backend's client for the current settings (or the `timeout` given), kept open across calls."""
+    return _session(plpy, GD, timeout)[0]
+
+
+def _session(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> tuple[Client, dict[Any, Any]]:
+    """The backend's client for the current settings (or the `timeout` given), kept open across
+    calls, and the results already computed in the current statement."""
     plan = GD.get("mgte_settings_plan")
     if plan is None:
         plan = GD["mgte_settings_plan"] = plpy.prepare(_SETTINGS_SQL)
@@ -141,7 +180,10 @@ def _client(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> Clie
         interrupt_plan = plpy.prepare("SELECT pg_catalog.pg_sleep(0)")
         client = GD["mgte_client"] = Client(socket_path, timeout=timeout,
                                             interrupt_check=lambda: plpy.execute(interrupt_plan))
-    return client
+    cache = GD.get("mgte_statement_cache")
+    if cache is None or cache[0] != row["statement"]:
+        cache = GD["mgte_statement_cache"] = (row["statement"], {})
+    return client, cache[1]
 
 
 def _timeout_seconds(plpy: Any, setting: str | None) -> float:
