@@ -1,9 +1,9 @@
 """`mgte demo`: multilingual hybrid search, start to finish, in a private PostgreSQL cluster.
 
-Everything happens through SQL: the documents' dense vectors and sparse weights are
-computed by `mgte_embed` and `mgte_sparse`, and each query is one statement that scores
-both legs, fuses them (dense + lambda * sparse, as in the mGTE paper) and reranks the
-best candidates with `mgte_rerank`.
+Everything happens through SQL: mgte_enable (in sync mode) stores each document's dense
+vector and sparse weights as it is inserted, and each query is one mgte_search call that
+runs both legs, fuses them (dense + 0.3 * sparse, as in the mGTE paper) and reranks the
+best candidates with the cross-encoder.
 """
 
 from __future__ import annotations
@@ -27,32 +27,14 @@ from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
 
 DATABASE = "mgte_demo"
-SPARSE_WEIGHT = 0.3  # lambda of the fused score; the model card uses 0.3
-CANDIDATES = 8
 SHOWN = 3
 
-HYBRID_SEARCH = """
-WITH q AS MATERIALIZED (
-    SELECT mgte_embed(%(query)s) AS dense, mgte_sparse(%(query)s) AS sparse
-), scored AS (
-    SELECT d.id, d.lang, d.title, d.body,
-           1 - (d.embedding <=> q.dense) AS dense,
-           coalesce((SELECT sum(w.value::float8 * (d.sparse ->> w.key)::float8)
-                     FROM jsonb_each_text(q.sparse) AS w
-                     WHERE d.sparse ? w.key), 0) AS sparse
-    FROM docs AS d CROSS JOIN q
-), candidates AS (
-    SELECT *, dense + %(lambda)s * sparse AS fused,
-           row_number() OVER (ORDER BY dense + %(lambda)s * sparse DESC, id) AS pos
-    FROM scored
-    ORDER BY pos
-    LIMIT %(candidates)s
-)
-SELECT c.lang, c.title, c.dense, c.sparse, c.fused, r.score AS rerank
-FROM candidates AS c
-JOIN mgte_rerank(%(query)s, (SELECT array_agg(body ORDER BY pos) FROM candidates)) AS r ON r.idx = c.pos
-ORDER BY r.score DESC, c.pos
-LIMIT %(shown)s
+# The hybrid search itself is mgte_search: both legs, fusion, and the reranker.
+SEARCH = """
+SELECT d.lang, d.title, s.dense_score, s.sparse_score, s.fused_score, s.rerank_score
+FROM mgte_search('docs', %(query)s, k => %(shown)s) AS s
+JOIN docs AS d ON d.id = (s.key ->> 'id')::integer
+ORDER BY s.rank
 """
 
 
@@ -73,8 +55,7 @@ def run_demo(model: str, reranker: str, datadir: Path | None, keep: bool) -> int
         with psycopg.connect(cluster.conninfo(DATABASE), autocommit=True) as db:
             _load_documents(db, server.socket)
             for query in QUERIES:
-                rows = db.execute(HYBRID_SEARCH, {"query": query.text, "lambda": SPARSE_WEIGHT,
-                                                  "candidates": CANDIDATES, "shown": SHOWN}).fetchall()
+                rows = db.execute(SEARCH, {"query": query.text, "shown": SHOWN}).fetchall()
                 print(f"\n[{query.lang}] {query.text}")
                 _print_table(["lang", "title", "dense", "sparse", "fused", "rerank"], rows)
         if meaningless:
@@ -113,23 +94,16 @@ def _load_documents(db: psycopg.Connection[Any], socket: Path) -> None:
     db.execute(sql.SQL("ALTER DATABASE {} SET mgte.socket_path = {}").format(
         sql.Identifier(DATABASE), sql.Literal(str(socket))))
     db.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(socket)])
-    row = db.execute("SELECT (mgte_info() -> 'model' ->> 'hidden_size')::int").fetchone()
-    assert row is not None
     db.execute("DROP TABLE IF EXISTS docs")
-    db.execute(f"""
-        CREATE TABLE docs (
-            id serial PRIMARY KEY,
-            lang text NOT NULL,
-            title text NOT NULL,
-            body text NOT NULL,
-            embedding vector({int(row[0])}),
-            sparse jsonb
-        )""")
-    with db.cursor() as cur:
-        cur.executemany("INSERT INTO docs (lang, title, body) VALUES (%s, %s, %s)",
-                        [(d.lang, d.title, d.body) for d in DOCUMENTS])
+    db.execute("CREATE TABLE docs (id serial PRIMARY KEY, lang text NOT NULL, title text NOT NULL, "
+               "body text NOT NULL)")
+    # Sync mode: the INSERT stores the dense vectors and sparse weights before it returns, all
+    # of its rows in one server call.
+    db.execute("SELECT mgte_enable('docs', 'body', mode => 'sync', on_failure => 'error', "
+               "sync_timeout_ms => 600000)")
     started = time.perf_counter()
-    db.execute("UPDATE docs SET embedding = mgte_embed(body), sparse = mgte_sparse(body)")
+    db.execute("INSERT INTO docs (lang, title, body) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])",
+               [[d.lang for d in DOCUMENTS], [d.title for d in DOCUMENTS], [d.body for d in DOCUMENTS]])
     languages = len({d.lang for d in DOCUMENTS})
     print(f"stored {len(DOCUMENTS)} documents in {languages} languages with their dense vectors and sparse "
           f"weights ({time.perf_counter() - started:.1f} s)")

@@ -313,7 +313,6 @@ DECLARE
     top integer := mgte._rerank_top(rerank, rerank_top);
 BEGIN
     q := mgte._encode_query(cfg, query);
-    PERFORM set_config('hnsw.ef_search', greatest(candidates, 40)::text, true);
     RETURN QUERY EXECUTE 'EXPLAIN '
         || mgte._search_statement(cfg, k, candidates, fusion, sparse_weight, rrf_k, top, filter, cfg.sparse)
         USING q.q_dense, q.q_sparsevec, q.q_sparse, k, candidates, sparse_weight, rrf_k, top, filter, query;
