@@ -88,6 +88,7 @@ def _choose_models(model: str, reranker: str) -> tuple[str, str, bool]:
 def _load_documents(db: psycopg.Connection[Any], socket: Path) -> None:
     try:
         db.execute("CREATE EXTENSION IF NOT EXISTS mgte CASCADE")
+        db.execute("ALTER EXTENSION mgte UPDATE")  # a cluster kept from an older release
     except psycopg.errors.UndefinedFile:
         raise UserError("the mgte extension is not installed in this PostgreSQL",
                         hint="run scripts/setup.sh (it runs make -C extension install)") from None
