@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import torch
 import transformers
+from psycopg import sql
 
 from mgte import tiny
 from mgte.gte_config import gte_config_from_original
+from mgte.pgcluster import Cluster
+from mgte.server_process import ServerProcess
 
 # gte-multilingual-base's own settings (MODEL.md); speed does not depend on weight values.
 FULL_SIZE = tiny.ORIGINAL_CONFIG | {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -42,3 +51,36 @@ def passages(count: int, min_words: int, max_words: int, seed: int = 0) -> list[
     """Multilingual word soup with lengths spread evenly between the bounds."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(count)]
+
+
+@dataclass
+class BenchDatabase:
+    root: Path
+    cluster: Cluster
+    server: ServerProcess
+    db: psycopg.Connection[Any]  # autocommit, in the database mgte_bench, pointed at the server
+    conninfo: str
+
+
+@contextmanager
+def bench_database(model: str, reranker: str | None = None) -> Iterator[BenchDatabase]:
+    """A private cluster with the extension in database mgte_bench, and a server; all removed after."""
+    root = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
+    root.chmod(0o755)
+    cluster = Cluster(root)
+    cluster.init()
+    cluster.start()
+    server = ServerProcess.start(model, root / "mgte.sock", root / "server.log", reranker=reranker)
+    try:
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE mgte_bench")
+            conn.execute(sql.SQL("ALTER DATABASE mgte_bench SET mgte.socket_path = {}").format(
+                sql.Literal(str(server.socket))))
+        conninfo = cluster.conninfo("mgte_bench")
+        with psycopg.connect(conninfo, autocommit=True) as db:
+            db.execute("CREATE EXTENSION mgte CASCADE")
+            yield BenchDatabase(root, cluster, server, db, conninfo)
+    finally:
+        server.stop()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Tokens/s of the full-size model on this machine: mgte against plain transformers, same run.
 
-    .venv/bin/python bench/cpu_throughput.py [--passages 64] [--device cpu]
+    .venv/bin/python -m bench.cpu_throughput [--passages 64] [--device cpu]
 
 Three ways to embed the same passages:
   baseline   transformers, padded batches of 32 in arrival order (what a naive loop does)

@@ -17,59 +17,19 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.common import WORDS
+from bench.common import WORDS, BenchDatabase, bench_database
 from mgte import tiny
-from mgte.pgcluster import Cluster
-from mgte.server_process import ServerProcess
 
 
-@dataclass
-class Setup:
-    cluster: Cluster
-    server: ServerProcess
-    db: psycopg.Connection[Any]
-    conninfo: str
-
-
-@contextmanager
-def setup() -> Iterator[Setup]:
-    root = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
-    root.chmod(0o755)
-    cluster = Cluster(root)
-    cluster.init()
-    cluster.start()
-    server = ServerProcess.start(tiny.NAME, root / "mgte.sock", root / "server.log", reranker=tiny.NAME)
-    try:
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE mgte_bench")
-        conninfo = cluster.conninfo("mgte_bench")
-        with psycopg.connect(conninfo, autocommit=True) as db:
-            db.execute("CREATE EXTENSION mgte CASCADE")
-            db.execute(f"ALTER DATABASE mgte_bench SET mgte.socket_path = '{server.socket}'")
-            db.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(server.socket)])
-            yield Setup(cluster, server, db, conninfo)
-    finally:
-        server.stop()
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def embed_table(s: Setup, texts: list[str], workers: int = 2) -> float:
+def embed_table(s: BenchDatabase, texts: list[str], workers: int = 2) -> float:
     s.db.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text NOT NULL)")
     s.db.execute("SELECT mgte_enable('docs', 'body')")
     started = time.perf_counter()
@@ -110,7 +70,7 @@ def latency(rows: int, queries: int) -> None:
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60))) for _ in range(rows)]
     asks = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) for _ in range(queries)]
-    with setup() as s:
+    with bench_database(tiny.NAME, reranker=tiny.NAME) as s:
         seconds = embed_table(s, texts)
         print(f"{rows} rows embedded and indexed in {seconds:.0f} s (2 workers, tiny model)")
         db = s.db
@@ -132,7 +92,7 @@ def latency(rows: int, queries: int) -> None:
 
 def pruning(docs: int, queries: int) -> None:
     rng = random.Random(1)
-    with setup() as s:
+    with bench_database(tiny.NAME, reranker=tiny.NAME) as s:
         # Long documents of many distinct pieces of the real XLM-R vocabulary.
         import transformers
         tokenizer = transformers.AutoTokenizer.from_pretrained(tiny.ensure("embedding"))

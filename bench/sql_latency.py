@@ -1,6 +1,6 @@
 """Latency of one `mgte_embed` call from SQL, against the same call from Python and `SELECT 1`.
 
-    .venv/bin/python bench/sql_latency.py [--model tiny] [--calls 500]
+    .venv/bin/python -m bench.sql_latency [--model tiny] [--calls 500]
 
 Starts a private cluster and a server, then times each statement `--calls` times from one
 session (p50/p95/p99 in ms) and, with pgbench (the PostgreSQL tool), the throughput of 1 and
@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
+from bench.common import bench_database
 from mgte.pgcluster import Cluster
-from mgte.server_process import ServerProcess
 
 QUERY = "¿Dónde está la estación de tren más cercana?"
 
@@ -56,42 +52,24 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
-    root.chmod(0o755)
-    cluster = Cluster(root)
-    cluster.init()
-    cluster.start()
-    server = ServerProcess.start(args.model, root / "mgte.sock", root / "server.log")
-    try:
-        with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE mgte_bench")
-        with psycopg.connect(cluster.conninfo("mgte_bench"), autocommit=True) as db, \
-                server.client() as client:
-            db.execute("CREATE EXTENSION mgte CASCADE")
-            db.execute(f"ALTER DATABASE mgte_bench SET mgte.socket_path = '{server.socket}'")
-            db.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(server.socket)])
-            results = {
-                "SELECT 1 (baseline)": timed(lambda: db.execute("SELECT 1").fetchone(), args.calls),
-                "Client.embed([text]) in Python": timed(lambda: client.embed([QUERY]), args.calls),
-                "SELECT mgte_embed(text)": timed(lambda: db.execute("SELECT mgte_embed(%s)", [QUERY]).fetchone(),
-                                                 args.calls),
-            }
+    with bench_database(args.model) as bench, bench.server.client() as client:
+        db = bench.db
+        results = {
+            "SELECT 1 (baseline)": timed(lambda: db.execute("SELECT 1").fetchone(), args.calls),
+            "Client.embed([text]) in Python": timed(lambda: client.embed([QUERY]), args.calls),
+            "SELECT mgte_embed(text)": timed(lambda: db.execute("SELECT mgte_embed(%s)", [QUERY]).fetchone(),
+                                             args.calls),
+        }
         print(f"model {args.model}, {args.calls} calls each, {os.cpu_count()} CPUs")
         for name, samples in results.items():
             q = statistics.quantiles(samples, n=100)
             print(f"  {name:34s} p50 {q[49]:6.2f} ms   p95 {q[94]:6.2f} ms   p99 {q[98]:6.2f} ms")
-        if shutil.which(str(cluster.bindir / "pgbench")):
-            for clients in (1, 8):
-                tps = pgbench_tps(cluster, clients, args.seconds, root)
-                print(f"  pgbench, {clients} session(s), SELECT mgte_embed(text): {tps:8.0f} calls/s")
-        with server.client() as client:
-            batching = client.info()["batching"]
+        for clients in (1, 8):
+            tps = pgbench_tps(bench.cluster, clients, args.seconds, bench.root)
+            print(f"  pgbench, {clients} session(s), SELECT mgte_embed(text): {tps:8.0f} calls/s")
+        batching = client.info()["batching"]
         print(f"  server batching: {batching['sequences']} sequences in {batching['batches']} batches, "
               f"largest {batching['largest_batch']}, {batching['multi_request_batches']} shared by requests")
-    finally:
-        server.stop()
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,15 +44,33 @@ AS $$
     JOIN pg_catalog.pg_attribute a ON a.attrelid = cfg.tbl AND a.attname = u.k
 $$;
 
--- A pgvector type, qualified by the schema pgvector lives in.
+-- The schema pgvector lives in, quoted: its types, operators and operator classes are
+-- named through it, since every mgte function pins search_path.
+CREATE OR REPLACE FUNCTION mgte._vector_schema()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension WHERE extname = 'vector'
+$$;
+
+-- A pgvector type with its dimensions, e.g. public.vector(768).
 CREATE OR REPLACE FUNCTION mgte._vector_type(name text, dimensions integer)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format('%I.%I(%s)', n.nspname, name, dimensions)
-    FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-    WHERE e.extname = 'vector'
+    SELECT format('%s.%I(%s)', mgte._vector_schema(), name, dimensions)
+$$;
+
+-- jsonb_build_object(...) of the key columns, qualified: how a row's key travels as jsonb.
+CREATE OR REPLACE FUNCTION mgte._key_object(cfg mgte.enabled, qualifier text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('jsonb_build_object(%s)', string_agg(format('%L, %I.%I', k, qualifier, k), ', ' ORDER BY n))
+    FROM unnest(cfg.key_columns) WITH ORDINALITY AS u(k, n)
 $$;
 
 -- INSERT ... ON CONFLICT that stores results read from `source`, a query with the key
@@ -235,15 +253,7 @@ BEGIN
         prefix || '_embeddings', key_defs, mgte._vector_type('vector', dim),
         mgte._vector_type('sparsevec', vocab), mgte._keys(cfg));
     EXECUTE format('CREATE INDEX ON mgte.%I (embedded_at)', prefix || '_embeddings');
-    IF coalesce(indexes, true) THEN
-        -- The embeddings are L2-normalised, so inner product ranks as cosine does, and faster.
-        EXECUTE format('CREATE INDEX ON mgte.%I USING hnsw (embedding %s.vector_ip_ops)',
-                       prefix || '_embeddings', mgte._vector_schema());
-        IF sparse THEN
-            EXECUTE format('CREATE INDEX ON mgte.%I USING hnsw (sparsevec %s.sparsevec_ip_ops)',
-                           prefix || '_embeddings', mgte._vector_schema());
-        END IF;
-    END IF;
+
     EXECUTE format(
         'CREATE TABLE mgte.%I (%s, generation bigint NOT NULL DEFAULT 1, enqueued_at timestamptz NOT NULL DEFAULT now(), '
         'attempts integer NOT NULL DEFAULT 0, leased_until timestamptz, last_error text, PRIMARY KEY (%s))',
@@ -267,6 +277,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON %s, %s, %s TO %I', cfg.embeddings, cfg.queue, cfg.failed,
                    (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = tbl));
 
+    IF coalesce(indexes, true) THEN
+        PERFORM @extschema@.mgte_create_indexes(tbl);
+    END IF;
     PERFORM mgte._create_search_view(cfg);
 
     EXECUTE format('CREATE TRIGGER mgte_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS mgte_new '
@@ -290,7 +303,30 @@ END
 $$;
 
 COMMENT ON FUNCTION mgte_enable(regclass, name, integer, boolean, text, text, integer, boolean) IS
-'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes, the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error)';
+'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes (unless indexes => false), the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error)';
+
+CREATE OR REPLACE FUNCTION mgte_create_indexes(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled := mgte._config(tbl);
+    name text := (SELECT relname FROM pg_catalog.pg_class WHERE oid = cfg.embeddings);
+BEGIN
+    PERFORM mgte._check_owner(tbl);
+    -- The embeddings are L2-normalised, so inner product ranks as cosine does, and faster.
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (embedding %s.vector_ip_ops)',
+                   left(name, 50) || '_embedding_idx', cfg.embeddings, mgte._vector_schema());
+    IF cfg.sparse THEN
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (sparsevec %s.sparsevec_ip_ops)',
+                       left(name, 50) || '_sparsevec_idx', cfg.embeddings, mgte._vector_schema());
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION mgte_create_indexes(regclass) IS
+'create the HNSW indexes of a table''s embeddings (dense, and sparsevec) if they are missing; mgte_enable does unless indexes => false, e.g. to build them after a large backfill';
 
 -- <table>_search next to the table, unless that name is taken: SELECT * FROM docs_search
 -- after SET mgte.query = '...' (and mgte.k, 10 by default). It names the table as text,
@@ -489,10 +525,9 @@ BEGIN
         '    FROM picked AS p WHERE %6$s AND p.mgte_body IS NOT NULL '
         '    RETURNING %7$s, q.generation, q.attempts, p.mgte_body), '
         'orphans AS (DELETE FROM %3$s AS q USING picked AS p WHERE %6$s AND p.mgte_body IS NULL) '
-        'SELECT jsonb_build_object(%8$s), generation, attempts, mgte_body FROM claimed',
+        'SELECT %8$s, c.generation, c.attempts, c.mgte_body FROM claimed AS c',
         mgte._keys(cfg, 'q'), cfg.text_column, cfg.queue, cfg.tbl, mgte._keys_match(cfg, 's', 'q'),
-        mgte._keys_match(cfg, 'q', 'p'), mgte._keys(cfg, 'q'),
-        (SELECT string_agg(format('%L, %I', k, k), ', ') FROM unnest(cfg.key_columns) AS u(k)))
+        mgte._keys_match(cfg, 'q', 'p'), mgte._keys(cfg, 'q'), mgte._key_object(cfg, 'c'))
     USING batch_size, lease_seconds;
 END
 $$;

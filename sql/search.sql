@@ -25,8 +25,7 @@ BEGIN
         'CREATE OR REPLACE FUNCTION mgte_sparse_score(q sparsevec, d sparsevec) RETURNS real '
         'LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp '
         'AS %L',
-        format('SELECT (-(q OPERATOR(%s.<#>) d))::real',
-               (SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension WHERE extname = 'vector')));
+        format('SELECT (-(q OPERATOR(%s.<#>) d))::real', mgte._vector_schema()));
 END
 $$;
 
@@ -44,15 +43,6 @@ $python$;
 
 COMMENT ON FUNCTION mgte_sparsevec(text) IS
 'mGTE lexical weights of a text as a sparsevec indexed by token id + 1 (dimension: the vocabulary size), keeping the 1000 largest weights as auto-embedding stores them';
-
--- The schema pgvector lives in, quoted.
-CREATE OR REPLACE FUNCTION mgte._vector_schema()
-RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension WHERE extname = 'vector'
-$$;
 
 -- The search statement. Parameters: $1 query vector, $2 query sparsevec, $3 query sparse
 -- jsonb, $4 k, $5 candidates per leg, $6 sparse_weight, $7 rrf_k, $8 rerank_top (0: no
@@ -139,7 +129,7 @@ BEGIN
         '    SELECT %5$s, NULL, row_number() OVER (ORDER BY distance, %5$s) FROM sparse_leg), '
         'pool AS (SELECT %5$s, min(dense_rank) AS dense_rank, min(sparse_rank) AS sparse_rank FROM ranked GROUP BY %5$s), '
         'scored AS ('
-        '    SELECT jsonb_build_object(%6$s) AS key, t.%7$I::text AS body, '
+        '    SELECT %6$s AS key, t.%7$I::text AS body, '
         '           (-(e.embedding OPERATOR(%2$s.<#>) $1))::real AS dense, '
         '           CASE WHEN $3 IS NOT NULL THEN @extschema@.mgte_sparse_score($3, e.sparse) END AS sparse, '
         '           p.dense_rank, p.sparse_rank '
@@ -159,7 +149,7 @@ BEGIN
              ELSE format('SELECT %s, NULL::float8 AS distance FROM %s AS e WHERE false', mgte._keys(cfg, 'e'),
                          cfg.embeddings) END,
         keys,
-        (SELECT string_agg(format('%L, p.%I', c, c), ', ') FROM unnest(cfg.key_columns) AS u(c)),
+        mgte._key_object(cfg, 'p'),
         cfg.text_column, cfg.embeddings, cfg.tbl, mgte._keys_match(cfg, 't', 'p'),
         fused,
         CASE WHEN rerank_top > 0

@@ -214,6 +214,16 @@ def test_both_legs_use_their_hnsw_index(db: Database) -> None:
     assert [key["id"] % 2 for (key,) in got.fetchall()] == [0] * 10  # the filter starves no leg
 
 
+def test_indexes_can_come_after_a_backfill(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    db.conn.execute("SELECT mgte_enable('docs', 'body', indexes => false)")
+    indexes = "SELECT count(*) FROM pg_indexes WHERE tablename = 'docs_embeddings' AND indexdef LIKE '%hnsw%'"
+    assert db.one(indexes) == 0
+    db.conn.execute("SELECT mgte_create_indexes('docs')")
+    db.conn.execute("SELECT mgte_create_indexes('docs')")  # harmless twice
+    assert db.one(indexes) == 2
+
+
 def test_search_view(db: Database) -> None:
     enabled_docs(db, 50)
     columns = [row[0] for row in db.conn.execute(

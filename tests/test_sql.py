@@ -205,7 +205,7 @@ def test_every_function_pins_its_search_path_and_the_public_ones_are_stable_and_
         "mgte_embed(text,integer)", "mgte_embed(text[],integer)", "mgte_sparse(text)",
         "mgte_rerank(text,text,boolean)", "mgte_rerank(text,text[],boolean)", "mgte_info()",
         "mgte_enable(regclass,name,integer,boolean,text,text,integer,boolean)", "mgte_disable(regclass,boolean)",
-        "mgte_retry_failed(regclass)", "mgte_status(regclass)", "mgte_sparsevec(text)",
+        "mgte_retry_failed(regclass)", "mgte_status(regclass)", "mgte_sparsevec(text)", "mgte_create_indexes(regclass)",
         "mgte_sparse_score(jsonb,jsonb)", "mgte_sparse_score(sparsevec,sparsevec)",
         "mgte_search(regclass,text,integer,integer,text,double precision,integer,boolean,integer,jsonb)",
         "mgte_search_vectors(regclass,vector,jsonb,sparsevec,integer,integer,text,double precision,integer,jsonb)",
