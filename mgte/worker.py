@@ -97,7 +97,7 @@ class Worker:
             listener.execute("LISTEN mgte")
             while not self.stop.is_set():
                 worked = 0
-                for table in self._tables(conn, only):
+                for table in enabled_tables(conn, only):
                     try:
                         worked += self._drain(Pipeline(conn, db), client, table, progress)
                     except psycopg.OperationalError:
@@ -115,9 +115,6 @@ class Worker:
         while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
             if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
                 return
-
-    def _tables(self, conn: psycopg.Connection[Any], only: str | None) -> list[Table]:
-        return enabled_tables(conn, only)
 
     def _remaining(self, conn: psycopg.Connection[Any], only: str | None) -> int:
         row = conn.execute("SELECT coalesce(sum(pending + in_progress), 0) FROM mgte_status(%s::regclass)",
