@@ -256,7 +256,7 @@ class Server:
         query = request.get("query")
         if not isinstance(query, str):
             raise InputRejected(f"query must be a string, not {type(query).__name__}")
-        _check_unicode("query", query)
+        protocol.check_unicode("query", query)
         documents = self._texts(request, "documents")
         sigmoid = _flag(request, "sigmoid", False)
         loop = asyncio.get_running_loop()
@@ -279,7 +279,7 @@ class Server:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputRejected(f"{name}[{i}] must be a string, not {type(text).__name__}")
-            _check_unicode(f"{name}[{i}]", text)
+            protocol.check_unicode(f"{name}[{i}]", text)
         return texts
 
     @staticmethod
@@ -376,10 +376,3 @@ def _dim(value: Any, hidden_size: int) -> int | None:
         raise InputRejected(f"dim must be an integer from 1 to {hidden_size}, not {value!r}",
                             hint=f"pass NULL (None) for all {hidden_size} dimensions")
     return value
-
-
-def _check_unicode(name: str, text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputRejected(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None

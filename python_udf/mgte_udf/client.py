@@ -113,7 +113,7 @@ class Client:
         """Rerank scores with the token counts and truncation flags of each pair."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, not {type(query).__name__}")
-        _check_unicode("query", query)
+        protocol.check_unicode("query", query)
         _check_texts("documents", documents)
         out = Scored(scores=[], tokens=[], truncated=[])
         for start, chunk in self._chunks(documents, extra_bytes=len(query.encode("utf-8"))):
@@ -269,16 +269,9 @@ def _check_texts(name: str, texts: Sequence[str]) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}] must be a str, not {type(text).__name__}")
-        _check_unicode(f"{name}[{i}]", text)
+        protocol.check_unicode(f"{name}[{i}]", text)
     if len(texts) == 0:
         raise InputRejected(f"{name} must not be empty")
-
-
-def _check_unicode(name: str, text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputRejected(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _decode_embed(header: dict[str, Any], payload: bytes, out: Encoded, offset: int) -> None:

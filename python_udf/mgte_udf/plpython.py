@@ -109,7 +109,7 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
     worker instead."""
     if not texts:
         return []
-    client = _client(plpy, GD, timeout=None if timeout_ms is None else timeout_ms / 1000)
+    client, _ = _session(plpy, GD, timeout=None if timeout_ms is None else timeout_ms / 1000)
     try:
         encoded = client.encode(texts, dense=True, sparse=want_sparse, sparse_ids=want_sparse, dim=dim)
     except MgteError as exc:
@@ -156,10 +156,6 @@ def _request(plpy: Any, request: Callable[[], T]) -> T:
     except MgteError as exc:
         plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
         raise  # plpy.error raises; this tells type checkers so
-
-
-def _client(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> Client:
-    return _session(plpy, GD, timeout)[0]
 
 
 def _session(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> tuple[Client, dict[Any, Any]]:

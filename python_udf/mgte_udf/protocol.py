@@ -95,6 +95,14 @@ def decode_header(data: bytes) -> dict[str, Any]:
     return header
 
 
+def check_unicode(name: str, text: str) -> None:
+    """Texts travel as UTF-8, so a lone surrogate cannot be sent (or tokenised)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputRejected(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
 def error_header(error: MgteError) -> dict[str, Any]:
     return {"ok": False, "error": {"code": error.code, "message": str(error), "hint": error.hint}}
 
