@@ -18,8 +18,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from mgte.runtime import Model
-from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
+from mgte_udf.errors import ModelFailed, Overloaded, ShuttingDown
 
 log = logging.getLogger("mgte.batcher")
 
@@ -160,8 +162,7 @@ class Batcher:
         except Exception as exc:  # the model thread must survive whatever one batch does
             log.exception("batch of %d sequences failed", len(batch))
             self.counters.failed_batches += 1
-            error = ServerError(f"the model failed on this request: {type(exc).__name__}: {exc}",
-                                hint="the server log has the traceback; other requests are unaffected")
+            error = _model_failed(exc)
             for item in batch:
                 if not item.job.future.done():
                     item.job.future.set_exception(error)
@@ -182,3 +183,13 @@ class Batcher:
             job.remaining -= 1
             if job.remaining == 0 and not job.future.done():
                 job.future.set_result(job.results)
+
+
+def _model_failed(exc: Exception) -> ModelFailed:
+    """A server fault, never the input's: the same texts may well pass in another batch."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return ModelFailed(f"the model ran out of device memory on this request: {exc}",
+                           hint="retry later; lower the server's --max-batch-tokens if it happens often; "
+                                "other requests are unaffected")
+    return ModelFailed(f"the model failed on this request: {type(exc).__name__}: {exc}",
+                       hint="the server log has the traceback; other requests are unaffected")

@@ -15,6 +15,7 @@ import psycopg
 
 from mgte import __version__
 from mgte.errors import UserError
+from mgte.worker import LEASE_MARGIN_SECONDS
 from mgte_udf import protocol
 from mgte_udf.errors import MgteError
 
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
             "texts waiting for the model; beyond it requests are refused as overloaded", type=_positive)
     _option(serve, "--max-connections", "MGTE_MAX_CONNECTIONS", 1024, "open client connections",
             type=_positive)
+    _option(serve, "--max-pending-bytes", "MGTE_MAX_PENDING_BYTES", 0,
+            "bytes of requests being read or answered, over all connections; beyond it requests are "
+            "refused as overloaded; 0 picks 8 times --max-request-bytes", type=_natural)
+    _option(serve, "--frame-read-timeout", "MGTE_FRAME_READ_TIMEOUT", 10,
+            "seconds a request may take to arrive once its first byte has; a client that stalls longer "
+            "is disconnected (an idle connection between requests is not)", type=_positive)
     _option(serve, "--threads", "MGTE_THREADS", 0, "CPU threads for the model; 0 lets torch choose",
             type=_natural)
     _option(serve, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
@@ -122,17 +129,20 @@ def _option(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--dsn", "MGTE_DSN", "",
             "the database, as a libpq connection string; empty uses the PG* environment variables. "
-            "Connect as a superuser or a role granted EXECUTE on mgte._claim, _complete, _fail and _release")
+            "Connect as a member of the role mgte_worker (or a superuser)")
     _option(parser, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
     _option(parser, "--batch-size", "MGTE_BATCH_SIZE", 32, "rows claimed and embedded at a time", type=_positive)
-    _option(parser, "--lease-seconds", "MGTE_LEASE_SECONDS", 600,
-            "how long claimed rows stay reserved; a worker that dies frees its rows after this", type=_positive)
+    _option(parser, "--timeout-seconds", "MGTE_TIMEOUT_SECONDS", 600, "longest wait for one server call",
+            type=_positive)
+    _option(parser, "--lease-seconds", "MGTE_LEASE_SECONDS", None,
+            "how long claimed rows stay reserved; a worker that dies frees its rows after this. "
+            f"Longer than --timeout-seconds; default that plus {LEASE_MARGIN_SECONDS}", type=_positive)
     _option(parser, "--poll-seconds", "MGTE_POLL_SECONDS", 5,
             "longest wait for new work between NOTIFY wake-ups", type=_positive)
     _option(parser, "--max-backoff-seconds", "MGTE_MAX_BACKOFF_SECONDS", 30,
             "longest wait between retries while the server or database is unavailable", type=_positive)
-    _option(parser, "--timeout-seconds", "MGTE_TIMEOUT_SECONDS", 3600, "longest wait for one server call",
-            type=_positive)
+    _option(parser, "--max-attempts", "MGTE_MAX_ATTEMPTS", 3,
+            "a text on which the server fails alone this many times goes to the dead letters", type=_positive)
     _option(parser, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
 
 
@@ -140,9 +150,14 @@ def _worker_settings(args: argparse.Namespace) -> Any:
     from mgte.worker import Settings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
-    return Settings(dsn=args.dsn, socket=str(args.socket), batch_size=args.batch_size,
-                    lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds,
-                    max_backoff_seconds=args.max_backoff_seconds, timeout_seconds=args.timeout_seconds)
+    lease = args.lease_seconds if args.lease_seconds is not None else args.timeout_seconds + LEASE_MARGIN_SECONDS
+    if lease <= args.timeout_seconds:
+        raise UserError(f"--lease-seconds ({lease}) must be longer than --timeout-seconds ({args.timeout_seconds})",
+                        hint="a lease that ran out while the worker still waits for the server would let "
+                             "another worker embed the same rows")
+    return Settings(dsn=args.dsn, socket=str(args.socket), batch_size=args.batch_size, lease_seconds=lease,
+                    poll_seconds=args.poll_seconds, max_backoff_seconds=args.max_backoff_seconds,
+                    timeout_seconds=args.timeout_seconds, max_attempts=args.max_attempts)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -192,10 +207,15 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue_texts=args.max_queue_texts,
         max_batch_tokens=args.max_batch_tokens or (65536 if device.type == "cuda" else 4096),
         max_connections=args.max_connections,
+        max_pending_bytes=args.max_pending_bytes or 8 * args.max_request_bytes,
+        frame_read_timeout=args.frame_read_timeout,
     )
     if limits.max_queue_texts < limits.max_request_texts:
         raise UserError(f"--max-queue-texts ({limits.max_queue_texts}) is below --max-request-texts "
                         f"({limits.max_request_texts}): the largest request could never be queued")
+    if limits.max_pending_bytes < limits.max_request_bytes:
+        raise UserError(f"--max-pending-bytes ({limits.max_pending_bytes}) is below --max-request-bytes "
+                        f"({limits.max_request_bytes}): the largest request could never be read")
     embedder = load_encoder(load_checkpoint(args.model, "embedding"), device, dtype)
     reranker = Reranker(load_checkpoint(args.reranker, "reranker"), device, dtype) if args.reranker else None
     settings = Settings(socket_path=args.socket, socket_mode=args.socket_mode,

@@ -8,6 +8,7 @@ from mgte_udf.client import Client, Encoded, Scored, TruncationWarning
 from mgte_udf.errors import (
     InputRejected,
     MgteError,
+    ModelFailed,
     NotSupported,
     Overloaded,
     ProtocolMismatch,
@@ -18,6 +19,6 @@ from mgte_udf.errors import (
 )
 
 __all__ = [
-    "Client", "Encoded", "InputRejected", "MgteError", "NotSupported", "Overloaded", "ProtocolMismatch",
-    "Scored", "ServerError", "ServerUnavailable", "Timeout", "TooLarge", "TruncationWarning",
+    "Client", "Encoded", "InputRejected", "MgteError", "ModelFailed", "NotSupported", "Overloaded",
+    "ProtocolMismatch", "Scored", "ServerError", "ServerUnavailable", "Timeout", "TooLarge", "TruncationWarning",
 ]

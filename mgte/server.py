@@ -3,6 +3,9 @@
 The event loop reads frames and validates requests; tokenising and response building run
 on a small thread pool, the models on the batcher's thread. Nothing a client sends can
 stop the server: bad requests get an error reply, unreadable frames a reply and a close.
+Nor can it take the server's memory: a frame, once begun, must arrive within
+--frame-read-timeout; the requests being read or answered hold at most --max-pending-bytes
+over all connections; frames the server will not keep are discarded as they arrive.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ _FIELDS = {
     "embed": {"op", "texts", "dense", "sparse", "sparse_ids", "dim"},
     "rerank": {"op", "query", "documents", "sigmoid"},
 }
+# The most strings a request holds besides its texts: every field name, the op, a rerank query.
+_OTHER_STRINGS = max(len(fields) for fields in _FIELDS.values()) + 2
+# Bytes read at a time from a frame the server discards.
+_DISCARD_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Limits:
     max_queue_texts: int
     max_batch_tokens: int
     max_connections: int
+    max_pending_bytes: int
+    frame_read_timeout: float
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,13 @@ class Settings:
 
 class Server:
     def __init__(self, settings: Settings, embedder: TextEncoder, reranker: Reranker | None) -> None:
+        sparse_tokens = embedder.max_length if embedder.has_sparse else 0
+        if embedder.hidden_size > protocol.MAX_DIM or sparse_tokens > protocol.MAX_TOKENS:
+            # Clients bound the answers they read by these, so a bigger model's answers would be refused.
+            raise UserError(f"{embedder.checkpoint.source} has {embedder.hidden_size} dimensions and reads "
+                            f"{embedder.max_length} tokens per input; the mgte protocol carries at most "
+                            f"{protocol.MAX_DIM} dimensions and {protocol.MAX_TOKENS} tokens of sparse weights",
+                            hint="serve a model within those limits")
         self.settings = settings
         self.limits = settings.limits
         self.embedder = embedder
@@ -84,6 +100,7 @@ class Server:
         self._requests: dict[str, int] = dict.fromkeys(_FIELDS, 0)
         self._errors: dict[str, int] = {}
         self._refused_connections = 0
+        self._pending_bytes = 0
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -123,53 +140,86 @@ class Server:
             return
         self._connections.add(writer)
         try:
-            while not self._draining:
-                try:
-                    prefix = await reader.readexactly(protocol.PREFIX.size)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return  # the client went away between requests
-                try:
-                    _, kind, json_length, payload_length = protocol.parse_prefix(
-                        prefix, self.limits.max_request_bytes, self.limits.max_request_bytes)
-                    if kind != protocol.REQUEST or payload_length:
-                        raise ProtocolMismatch("expected a request frame without payload")
-                except MgteError as exc:
-                    # The stream cannot be resynchronised: answer, then hang up.
-                    self._count_error(exc)
-                    await _reply(writer, protocol.error_header(exc))
-                    return
-                try:
-                    body = await reader.readexactly(json_length)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                header, payload = await self._answer(body)
-                await _reply(writer, header, payload)
-        except ConnectionError:
-            pass
+            while not self._draining and await self._serve_request(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
         finally:
             self._connections.discard(writer)
             writer.close()
 
+    async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Reads one request and answers it; False when the connection is to be closed."""
+        first = await reader.read(1)  # between requests a connection may stay idle as long as it likes
+        if not first:
+            return False
+        deadline = self._frame_deadline()
+        try:
+            prefix = first + await _read(reader, protocol.PREFIX.size - 1, deadline)
+            json_length = self._request_length(prefix)
+            if self._pending_bytes + json_length > self.limits.max_pending_bytes:
+                await _discard(reader, json_length, deadline)  # the stream stays in sync
+                await self._reply_error(writer, Overloaded(
+                    f"mgte server overloaded: {self._pending_bytes} bytes of requests are being read or "
+                    f"answered, and {json_length} more would pass the limit of {self.limits.max_pending_bytes}",
+                    hint="retry later, send less per request, or raise the server's --max-pending-bytes"))
+                return True
+            self._pending_bytes += json_length
+            try:
+                body = await _read(reader, json_length, deadline)
+                header, payload = await self._answer(body)
+            finally:
+                self._pending_bytes -= json_length
+        except asyncio.TimeoutError:
+            await self._reply_error(writer, ProtocolMismatch(
+                f"incomplete request frame: the rest of it did not arrive within "
+                f"{self.limits.frame_read_timeout} s of its first byte",
+                hint="send each request whole; raise the server's --frame-read-timeout for very slow clients"))
+            return False
+        except MgteError as exc:  # from _request_length: the stream cannot be resynchronised
+            await self._reply_error(writer, exc)
+            return False
+        await _reply(writer, header, payload)
+        return True
+
+    def _request_length(self, prefix: bytes) -> int:
+        _, kind, json_length, payload_length = protocol.parse_prefix(
+            prefix, self.limits.max_request_bytes, self.limits.max_request_bytes)
+        if kind != protocol.REQUEST or payload_length:
+            raise ProtocolMismatch("expected a request frame without payload")
+        return json_length
+
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answers the connection's first request with "overloaded", then hangs up. Reading
         the request first matters: closing a socket with unread data resets it, and the
-        client would see a broken connection instead of the reason."""
+        client would see a broken connection instead of the reason. It is discarded as it
+        arrives, never held: refused connections are not limited in number, so what they send
+        must not stay in memory."""
         error = Overloaded(f"mgte server overloaded: {self.limits.max_connections} connections are open, the limit",
                            hint="raise the server's --max-connections, or use fewer client processes")
+        deadline = self._frame_deadline()
         try:
-            prefix = await asyncio.wait_for(reader.readexactly(protocol.PREFIX.size), timeout=10)
+            prefix = await _read(reader, protocol.PREFIX.size, deadline)
             _, _, json_length, payload_length = protocol.parse_prefix(
                 prefix, self.limits.max_request_bytes, self.limits.max_request_bytes)
-            await asyncio.wait_for(reader.readexactly(json_length + payload_length), timeout=10)
+            await _discard(reader, json_length + payload_length, deadline)
             await _reply(writer, protocol.error_header(error))
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, MgteError):
             pass
         finally:
             writer.close()
 
+    def _frame_deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.limits.frame_read_timeout
+
+    async def _reply_error(self, writer: asyncio.StreamWriter, error: MgteError) -> None:
+        self._count_error(error)
+        await _reply(writer, protocol.error_header(error))
+
     async def _answer(self, body: bytes) -> tuple[dict[str, Any], bytes]:
         self._inflight += 1
         try:
+            self._check_strings(body)
             request = protocol.decode_header(body)
             op = request.get("op")
             if op not in _FIELDS:
@@ -267,6 +317,15 @@ class Server:
 
     # --- helpers ----------------------------------------------------------------
 
+    def _check_strings(self, body: bytes) -> None:
+        """Bounds a request's strings before json.loads makes objects of them: a short string
+        takes some 50 bytes decoded, so 16 MiB of them would take the server 200 MiB."""
+        limit = self.limits.max_request_texts + _OTHER_STRINGS
+        if body.count(b'"') > 2 * limit and (strings := _json_strings(body)) > limit:
+            raise TooLarge(f"the request holds {strings} strings; at most {self.limits.max_request_texts} texts "
+                           "fit in one request", hint="send fewer per request, or raise the server's "
+                                                      "--max-request-texts")
+
     def _texts(self, request: dict[str, Any], name: str) -> list[str]:
         texts = request.get(name)
         if not isinstance(texts, list):
@@ -306,6 +365,7 @@ class Server:
             "errors": dict(self._errors),
             "connections": len(self._connections),
             "refused_connections": self._refused_connections,
+            "pending_bytes": self._pending_bytes,
             "queued_texts": self.batcher.queued(),
             "batching": counters,
         }
@@ -355,6 +415,28 @@ def listen(settings: Settings) -> socket.socket:
                         hint="run the server as a member of that group, or as root") from None
     sock.listen(128)
     return sock
+
+
+async def _read(reader: asyncio.StreamReader, size: int, deadline: float) -> bytes:
+    """Exactly `size` bytes; asyncio.TimeoutError once the loop's clock passes `deadline`."""
+    return await asyncio.wait_for(reader.readexactly(size), deadline - asyncio.get_running_loop().time())
+
+
+async def _discard(reader: asyncio.StreamReader, size: int, deadline: float) -> None:
+    """Reads and drops `size` bytes a chunk at a time, within `deadline`."""
+    while size:
+        chunk = await asyncio.wait_for(reader.read(min(size, _DISCARD_CHUNK)),
+                                       deadline - asyncio.get_running_loop().time())
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", size)
+        size -= len(chunk)
+
+
+def _json_strings(body: bytes) -> int:
+    """The strings in a JSON text, undecoded: each has two quotes that no backslash escapes.
+    Escaped backslashes go first, so that the quote closing a string that ends in one counts."""
+    unescaped = body.replace(b"\\\\", b"")
+    return (unescaped.count(b'"') - unescaped.count(b'\\"')) // 2
 
 
 async def _reply(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:

@@ -1,15 +1,23 @@
 """`mgte worker` and `mgte backfill`: drain the auto-embedding queues through the model server.
 
-Per batch: claim rows with a lease (mgte._claim, one short statement), call the server with
-no transaction open, then store the results (mgte._complete) and the rejected rows
-(mgte._fail), each one short statement. The database work runs on a thread of its own, so
-that storing one batch and claiming the next overlap with the server embedding the
-current one. The SQL lives in sql/auto_embed.sql; this module only decides what to do when.
+Per batch: claim rows with a lease (the table's _claim function, one short statement) just
+before sending them, call the server with no transaction open, then settle the batch (the
+table's _settle function: store, dead-letter or give back each row). The database work runs
+on a thread of its own, so that settling one batch overlaps with the server embedding the
+next. The SQL, and why a stale text is never stored, lives in sql/auto_embed.sql; this
+module only decides what to do when.
 
-Failures: a server that is down, overloaded or too slow is transient: the rows are given
-back and the worker retries with capped exponential back-off, forever. A rejected input is
-permanent: the batch is split until the offending rows stand alone, and they go to the
-table's dead letters while the rest is stored.
+Failures:
+- the server is down, overloaded, too slow or stopping: the rows are given back and the
+  worker retries with capped exponential back-off, forever;
+- the server rejects an input (bad input): the batch is split until the offending rows
+  stand alone, and they go to the table's dead letters while the rest is stored;
+- the server fails running the model (a server fault): the batch is split the same way; a
+  row that fails alone while the server still answers a health check is given back with an
+  attempt counted, and goes to the dead letters after max_attempts; if the health check
+  fails too, it is an outage, and nothing is counted;
+- the served model is not the one whose vectors a table holds: nothing is stored for that
+  table, the worker says so once and leaves the table's queue alone.
 """
 
 from __future__ import annotations
@@ -20,21 +28,25 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mgte.errors import UserError
-from mgte_udf.client import Client, Encoded
-from mgte_udf.errors import InputRejected, MgteError, NotSupported, ServerError
-from mgte_udf.records import records, text_md5
+from mgte_udf.client import Client
+from mgte_udf.errors import MgteError, NotSupported, ServerError
+from mgte_udf.records import records
 
 log = logging.getLogger("mgte.worker")
 
-# The server rejected these inputs; sending them again would fail again.
-PERMANENT = (InputRejected, NotSupported, ServerError)
+# The lease outlives the longest wait for the server by this much, for the database work
+# around it.
+LEASE_MARGIN_SECONDS = 60
+# A settle that lost a deadlock against a concurrent write is tried again this often.
+SETTLE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -42,25 +54,48 @@ class Settings:
     dsn: str
     socket: str
     batch_size: int = 32
-    lease_seconds: float = 600
+    timeout_seconds: float = 600
+    lease_seconds: float = 600 + LEASE_MARGIN_SECONDS
     poll_seconds: float = 5
     max_backoff_seconds: float = 30
-    timeout_seconds: float = 3600
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
 class Table:
-    name: str  # as regclass prints it, so it can go back into SQL as is
+    oid: int  # names would need USAGE on the table's schema, which the worker role lacks
+    name: str  # as regclass prints it, for the log
+    prefix: str
     dim: int
     sparse: bool
     vocab_size: int
+    model: str | None
+
+    def function(self, suffix: str) -> sql.Composable:
+        return sql.Identifier("mgte", f"{self.prefix}_{suffix}")
 
 
 @dataclass(frozen=True)
 class Row:
     key: dict[str, Any]
-    generation: int
+    lease: str
+    attempts: int
     body: str
+    body_md5: str
+
+
+@dataclass
+class Outcome:
+    """What to do with one claimed row: see the settle function in sql/auto_embed.sql."""
+
+    row: Row
+    outcome: str  # stored, failed, retry or released
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.row.key, "mgte_lease": self.row.lease, "mgte_text_md5": self.row.body_md5,
+                "mgte_outcome": self.outcome, "mgte_error": self.error, **self.fields}
 
 
 @dataclass
@@ -68,6 +103,11 @@ class BatchResult:
     claimed: int = 0
     stored: int = 0
     failed: int = 0
+    released: int = 0
+
+
+class Outage(Exception):
+    """The server cannot work now; the batch goes back to the queue untouched."""
 
 
 class Worker:
@@ -75,8 +115,9 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self._failures = 0  # consecutive transient failures, for the back-off
+        self._mismatch_reported: set[tuple[str, str]] = set()
 
-    def run(self, only: str | None = None, until_done: bool = False,
+    def run(self, only: int | None = None, until_done: bool = False,
             progress: Callable[[BatchResult], None] | None = None) -> None:
         """Works until `stop` is set, or, with `until_done`, until `only` has nothing left to do.
         A lost database connection is re-opened with the same back-off as a lost server."""
@@ -87,11 +128,10 @@ class Worker:
             except psycopg.OperationalError as exc:
                 self._back_off("database", str(exc).strip())
 
-    def _run_connected(self, only: str | None, until_done: bool,
+    def _run_connected(self, only: int | None, until_done: bool,
                        progress: Callable[[BatchResult], None] | None) -> None:
         s = self.settings
-        with psycopg.connect(s.dsn, autocommit=True) as conn, \
-                psycopg.connect(s.dsn, autocommit=True) as listener, \
+        with connect(s.dsn) as conn, connect(s.dsn) as listener, \
                 Client(s.socket, timeout=s.timeout_seconds) as client, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgte-db") as db:
             listener.execute("LISTEN mgte")
@@ -99,15 +139,46 @@ class Worker:
                 worked = 0
                 for table in enabled_tables(conn, only):
                     try:
-                        worked += self._drain(Pipeline(conn, db), client, table, progress)
+                        if self._serves(client, table):
+                            worked += self._drain(Pipeline(conn, db), client, table, progress)
                     except psycopg.OperationalError:
                         raise
+                    except psycopg.errors.InsufficientPrivilege as exc:
+                        raise UserError(f"{table.name}: {str(exc).strip()}",
+                                        hint="connect as a member of the role mgte_worker: "
+                                             "GRANT mgte_worker TO <the worker's login role>") from None
                     except psycopg.Error as exc:  # e.g. the table was altered under us
                         self._back_off(table.name, f"database error: {str(exc).strip()}")
+                    except Outage as exc:
+                        self._back_off(table.name, str(exc))
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
                     self._wait_for_work(listener)
+
+    def _serves(self, client: Client, table: Table) -> bool:
+        """Whether the served model may store into `table`; says why not, once per model."""
+        try:
+            model = client.info()["model"]
+        except MgteError as exc:
+            raise Outage(str(exc)) from None
+        why = None
+        if table.model is not None and model["id"] != table.model:
+            why = f"the server embeds with model {model['id']}, but the embeddings of {table.name} were made by " \
+                  f"{table.model}"
+        elif int(model["hidden_size"]) < table.dim:
+            why = f"the served model {model['id']} has {model['hidden_size']} dimensions, fewer than the " \
+                  f"{table.dim} of {table.name}"
+        elif table.sparse and not model.get("sparse", False):
+            why = f"the served model {model['id']} has no sparse output, which {table.name} stores"
+        if why is None:
+            self._mismatch_reported.discard((table.name, model["id"]))
+            return True
+        if (table.name, model["id"]) not in self._mismatch_reported:
+            self._mismatch_reported.add((table.name, model["id"]))
+            log.error("%s: nothing is stored for this table: %s. Vectors of two models cannot be mixed in one "
+                      "table: serve the table's model, or re-embed the table with mgte_reembed()", table.name, why)
+        return False
 
     def _wait_for_work(self, listener: psycopg.Connection[Any]) -> None:
         """Until the triggers' NOTIFY, poll_seconds, or stop (checked twice a second)."""
@@ -116,8 +187,8 @@ class Worker:
             if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
                 return
 
-    def _remaining(self, conn: psycopg.Connection[Any], only: str | None) -> int:
-        row = conn.execute("SELECT coalesce(sum(pending + in_progress), 0) FROM mgte_status(%s::regclass)",
+    def _remaining(self, conn: psycopg.Connection[Any], only: int | None) -> int:
+        row = conn.execute("SELECT coalesce(sum(pending + in_progress), 0) FROM mgte_status(%s::oid::regclass)",
                            [only]).fetchone()
         return int(row[0]) if row else 0
 
@@ -129,54 +200,69 @@ class Worker:
 
     def _drain(self, pipeline: Pipeline, client: Client, table: Table,
                progress: Callable[[BatchResult], None] | None) -> int:
-        """Embeds batches of `table` until its queue is empty, a transient failure, or stop.
-        While the server embeds one batch, the database thread stores the previous one and
-        claims the next."""
+        """Embeds batches of `table` until its queue is empty, an outage, or stop. Each batch
+        is claimed just before it is sent; while the server embeds it, the database thread
+        settles the previous one."""
         s = self.settings
         claimed = 0
-        upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
-        storing: Future[BatchResult] | None = None
+        settling: Future[BatchResult] | None = None
+        rows = pipeline.claim(table, s.batch_size, s.lease_seconds).result()
         try:
-            while True:
-                rows = upcoming.result()
-                if not rows:
-                    return claimed
+            while rows:
                 if self.stop.is_set():
-                    pipeline.release(table, rows, "the worker is stopping").result()
-                    return claimed
-                upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
+                    pipeline.settle(table, [Outcome(r, "released", error="the worker stopped") for r in rows],
+                                    time.perf_counter()).result()
+                    break
                 started = time.perf_counter()
                 try:
-                    embedded, rejected = self._embed(client, table, rows)
-                except MgteError as exc:  # transient: PERMANENT ones are handled inside _embed()
-                    pipeline.release(table, rows, str(exc))
-                    pipeline.release(table, upcoming.result(), str(exc))
-                    self._back_off(table.name, str(exc))
-                    return claimed
+                    outcomes = self._embed(client, table, rows)
+                except Outage as exc:
+                    pipeline.settle(table, [Outcome(r, "released", error=str(exc)) for r in rows], started).result()
+                    raise
                 self._failures = 0
-                if storing is not None:
-                    _report(storing.result(), progress)
-                storing = pipeline.store(table, rows, embedded, rejected, started)
                 claimed += len(rows)
+                upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
+                if settling is not None:
+                    _report(settling.result(), progress)
+                settling = pipeline.settle(table, outcomes, started)
+                rows = upcoming.result()
         finally:
-            if storing is not None:
-                _report(storing.result(), progress)
+            if settling is not None:
+                _report(settling.result(), progress)
+        return claimed
 
-    def _embed(self, client: Client, table: Table,
-               rows: list[Row]) -> tuple[list[tuple[list[Row], Encoded]], list[tuple[Row, str]]]:
-        """(chunks of rows with their outputs, rejected rows with the reason); transient errors
-        propagate. A rejected batch is split until the rows the server refuses stand alone."""
+    def _embed(self, client: Client, table: Table, rows: list[Row]) -> list[Outcome]:
+        """One outcome per row. A batch the server refuses is split until the rows it fails
+        on stand alone; Outage propagates."""
         try:
             encoded = client.encode([row.body for row in rows], dense=True, sparse=table.sparse,
                                     sparse_ids=table.sparse, dim=table.dim)
-        except PERMANENT as exc:
-            if len(rows) == 1:
-                log.warning("%s: row %s rejected: %s", table.name, rows[0].key, exc)
-                return [], [(rows[0], str(exc))]
-            half = len(rows) // 2
-            first, second = self._embed(client, table, rows[:half]), self._embed(client, table, rows[half:])
-            return first[0] + second[0], first[1] + second[1]
-        return [(rows, encoded)], []
+        except NotSupported as exc:  # the model lacks what the table stores: not the rows' fault
+            raise Outage(str(exc)) from None
+        except MgteError as exc:
+            if not (exc.input_fault or isinstance(exc, ServerError)):
+                raise Outage(str(exc)) from None
+            if len(rows) > 1:
+                half = len(rows) // 2
+                return self._embed(client, table, rows[:half]) + self._embed(client, table, rows[half:])
+            return [self._failed_alone(client, table, rows[0], exc)]
+        return [Outcome(row, "stored", fields=record.fields())
+                for row, record in zip(rows, records(encoded, table.vocab_size), strict=True)]
+
+    def _failed_alone(self, client: Client, table: Table, row: Row, exc: MgteError) -> Outcome:
+        if exc.input_fault:
+            log.warning("%s: row %s rejected: %s", table.name, row.key, exc)
+            return Outcome(row, "failed", error=str(exc))
+        try:
+            client.health()
+        except MgteError as health:
+            raise Outage(f"{exc} (and the server fails its health check: {health})") from None
+        if row.attempts + 1 >= self.settings.max_attempts:
+            log.warning("%s: row %s failed alone %d times, the last: %s", table.name, row.key, row.attempts + 1, exc)
+            return Outcome(row, "failed", error=str(exc))
+        log.warning("%s: row %s failed alone (attempt %d of %d): %s", table.name, row.key, row.attempts + 1,
+                    self.settings.max_attempts, exc)
+        return Outcome(row, "retry", error=str(exc))
 
 
 class Pipeline:
@@ -188,42 +274,30 @@ class Pipeline:
 
     def claim(self, table: Table, batch_size: int, lease_seconds: float) -> Future[list[Row]]:
         def claim() -> list[Row]:
-            return [Row(key, generation, body) for key, generation, _, body in self.conn.execute(
-                "SELECT key, generation, attempts, body FROM mgte._claim(%s, %s, %s)",
-                [table.name, batch_size, lease_seconds]).fetchall()]
+            return [Row(*row) for row in self.conn.execute(
+                sql.SQL("SELECT key, lease::text, attempts, body, body_md5 FROM {}(%s, %s)").format(
+                    table.function("claim")), [batch_size, lease_seconds]).fetchall()]
         return self.thread.submit(claim)
 
-    def release(self, table: Table, rows: list[Row], why: str) -> Future[None]:
-        def release() -> None:
-            if rows:
-                self.conn.execute("SELECT mgte._release(%s, %s, %s)", [table.name, Jsonb([r.key for r in rows]), why])
-        return self.thread.submit(release)
-
-    def store(self, table: Table, rows: list[Row], embedded: list[tuple[list[Row], Encoded]],
-              rejected: list[tuple[Row, str]], started: float) -> Future[BatchResult]:
-        def store() -> BatchResult:
-            results = [
-                {**row.key, "mgte_generation": row.generation, "mgte_embedding": record.embedding,
-                 "mgte_sparse": record.sparse, "mgte_sparsevec": record.sparsevec, "mgte_model": record.model,
-                 "mgte_text_md5": record.text_md5, "mgte_tokens": record.tokens, "mgte_truncated": record.truncated}
-                for chunk, encoded in embedded
-                for row, record in zip(chunk, records([r.body for r in chunk], encoded, table.vocab_size),
-                                       strict=True)]
-            failures = [{**row.key, "mgte_generation": row.generation, "mgte_text_md5": text_md5(row.body),
-                         "mgte_error": error} for row, error in rejected]
-            out = BatchResult(claimed=len(rows))
-            if results:
-                stored = self.conn.execute("SELECT mgte._complete(%s, %s)", [table.name, Jsonb(results)]).fetchone()
-                out.stored = int(stored[0]) if stored else 0
-            if failures:
-                failed = self.conn.execute("SELECT mgte._fail(%s, %s)", [table.name, Jsonb(failures)]).fetchone()
-                out.failed = int(failed[0]) if failed else 0
+    def settle(self, table: Table, outcomes: list[Outcome], started: float) -> Future[BatchResult]:
+        def settle() -> BatchResult:
+            results = Jsonb([o.as_json() for o in outcomes])
+            statement = sql.SQL("SELECT * FROM {}(%s)").format(table.function("settle"))
+            for attempt in range(1, SETTLE_TRIES + 1):
+                try:
+                    row = self.conn.execute(statement, [results]).fetchone()
+                    break
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                    if attempt == SETTLE_TRIES:
+                        raise
+            assert row is not None
+            out = BatchResult(claimed=len(outcomes), stored=row[0], failed=row[1], released=row[2])
             elapsed = time.perf_counter() - started
-            log.info("%s: %d rows: %d stored, %d failed, %d changed meanwhile (queued again); %.2f s, %.0f rows/s",
-                     table.name, len(rows), out.stored, out.failed, len(rows) - out.stored - out.failed,
-                     elapsed, len(rows) / elapsed)
+            log.info("%s: %d rows: %d stored, %d failed, %d given back (changed meanwhile, or to retry); "
+                     "%.2f s, %.0f rows/s", table.name, out.claimed, out.stored, out.failed, out.released,
+                     elapsed, out.claimed / elapsed)
             return out
-        return self.thread.submit(store)
+        return self.thread.submit(settle)
 
 
 def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None) -> None:
@@ -231,24 +305,38 @@ def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None)
         progress(result)
 
 
-def enabled_tables(conn: psycopg.Connection[Any], only: str | None = None) -> list[Table]:
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    """Autocommit, and READ COMMITTED whatever the defaults: each statement of a settle must
+    see what committed before it (see sql/auto_embed.sql)."""
+    conn = psycopg.connect(dsn, autocommit=True, application_name="mgte worker")
+    conn.execute("SET default_transaction_isolation = 'read committed'")
+    return conn
+
+
+def enabled_tables(conn: psycopg.Connection[Any], only: int | None = None) -> list[Table]:
     installed = conn.execute("SELECT to_regclass('mgte.enabled') IS NOT NULL").fetchone()
     if not (installed and installed[0]):
         raise UserError(f"database {conn.info.dbname!r} has no mgte extension",
                         hint="CREATE EXTENSION mgte CASCADE there, or point --dsn at the right database")
+    # A table being re-embedded has a second set of objects, for the new model.
     rows = conn.execute(
-        "SELECT tbl::text, dim, sparse, vocab_size FROM mgte.enabled "
-        "WHERE %(only)s::regclass IS NULL OR tbl = %(only)s::regclass ORDER BY tbl::text",
+        "SELECT e.tbl::oid, e.tbl::text, e.prefix, e.dim, e.sparse, e.vocab_size, e.model FROM mgte.enabled e "
+        "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid "
+        "UNION ALL "
+        "SELECT e.tbl::oid, e.tbl::text || ' (re-embedding)', r.prefix, e.dim, e.sparse, e.vocab_size, r.model "
+        "FROM mgte.reembeddings r JOIN mgte.enabled e USING (tbl) "
+        "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid ORDER BY 2",
         {"only": only}).fetchall()
     return [Table(*row) for row in rows]
 
 
 def backfill(settings: Settings, table: str) -> None:
     """Embeds what `table` has queued, in the foreground, with a progress line on stderr."""
-    with psycopg.connect(settings.dsn, autocommit=True) as conn:
-        if not enabled_tables(conn, table):
+    with connect(settings.dsn) as conn:
+        oid = _oid(conn, table)
+        if not enabled_tables(conn, oid):
             raise UserError(f"table {table} has no auto-embedding", hint=f"SELECT mgte_enable('{table}', 'column')")
-        row = conn.execute("SELECT sum(pending + in_progress) FROM mgte_status(%s::regclass)", [table]).fetchone()
+        row = conn.execute("SELECT sum(pending + in_progress) FROM mgte_status(%s::oid::regclass)", [oid]).fetchone()
     total = int(row[0] or 0) if row else 0
     done = 0
     started = time.monotonic()
@@ -265,9 +353,15 @@ def backfill(settings: Settings, table: str) -> None:
         sys.stderr.flush()
 
     print(f"{table}: {total} rows to embed", file=sys.stderr)
-    Worker(settings).run(only=table, until_done=True, progress=show)
+    Worker(settings).run(only=oid, until_done=True, progress=show)
     elapsed = time.monotonic() - started
     print(f"\n{table}: done, {done} rows in {_duration(elapsed)}", file=sys.stderr)
+
+
+def _oid(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute("SELECT %s::regclass::oid", [table]).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _duration(seconds: float) -> str:

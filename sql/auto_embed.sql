@@ -1,15 +1,43 @@
 -- Auto-embedding: mgte_enable sets a table up; statement-level triggers queue the keys of
 -- changed rows (or, in sync mode, embed them inside the statement); `mgte worker` drains the
--- queue through the mgte._claim / _complete / _fail / _release functions below, which hold
--- all of its SQL.
+-- queue through the table's _claim and _settle functions.
 --
--- For each enabled table, schema mgte holds three tables keyed like it:
---   <name>_embeddings  the stored outputs, and which model made them from which text (md5)
---   <name>_queue       keys waiting to be embedded; `generation` grows with every change of
---                      the text, and a worker stores a result only if the generation it
---                      claimed is still current, so a stale text is never stored
---   <name>_failed      rows the server rejected (dead letters), with the error
--- Their writes never touch the user's table, so they cannot re-fire its triggers.
+-- Who runs what. For each enabled table, schema mgte holds objects that belong to the
+-- table's OWNER, and every function among them is SECURITY DEFINER, so it runs with the
+-- owner's rights and nobody else's:
+--   <prefix>_embeddings  the stored outputs, which model made them, md5 of the text embedded
+--   <prefix>_queue       keys waiting to be embedded, with the lease of the worker holding them
+--   <prefix>_failed      dead letters: texts the server rejected, or that failed alone repeatedly
+--   <prefix>_on_change   the trigger function           (runs on every write of the table)
+--   <prefix>_claim       leases a batch to a worker     (EXECUTE: owner, mgte_worker)
+--   <prefix>_settle      stores or releases the batch   (EXECUTE: owner, mgte_worker)
+--   <prefix>_requeue     queues all rows, or the dead letters   (EXECUTE: owner)
+--   <prefix>_status      counts for mgte_status         (EXECUTE: owner, mgte_worker)
+-- While a table is re-embedded with another model (mgte_reembed) it has a second such set,
+-- whose triggers keep it current, until it takes over.
+-- The extension's own SECURITY DEFINER functions (_provision, _unprovision, _create_indexes,
+-- _start_reembed, _finish_reembed, _adopt_model, the event triggers) touch mgte's catalog
+-- and run DDL only: they never write a row of the per-table tables nor compare a key, so no
+-- domain CHECK, operator, cast, default, policy or trigger that the owner controls ever runs
+-- with the installer's rights. They act only on a proof that the acting role owns the table
+-- (mgte._authorize).
+--
+-- The queue protocol (why each row ends with the embedding of its final text):
+--   1. A write queues the key (upsert: a new text resets attempts and error; it leaves a
+--      lease alone). Deleting a row, moving it to another key or setting its text to NULL
+--      removes its queue entry first, then its embedding and dead letter.
+--   2. _claim leases unleased (or expired) entries with a fresh lease id and returns each
+--      key's text and md5 as it reads it.
+--   3. The worker embeds the texts with no transaction open, then calls _settle, which
+--      first locks the entries it still holds the lease on (FOR UPDATE), and then, in its
+--      next statement and so with a newer snapshot, compares md5 of the text the row holds
+--      NOW with the md5 embedded. Equal: the result is stored (or dead-lettered) and the
+--      entry deleted. Different, or the row gone: the entry is released for the next claim
+--      at once. A write whose trigger reached the entry before the lock makes the lock wait
+--      for its commit, so the comparison sees its text; one that reaches it after the lock
+--      waits for the settle to commit, and queues the key again (or deletes what it stored).
+--   4. A lease is never shorter than the time the worker may wait for the server, and a
+--      stale lease (another worker took the entry over) stores nothing.
 
 -- The key columns of an enabled table, as a column list, optionally qualified.
 CREATE OR REPLACE FUNCTION mgte._keys(cfg mgte.enabled, qualifier text DEFAULT NULL)
@@ -44,6 +72,16 @@ AS $$
     JOIN pg_catalog.pg_attribute a ON a.attrelid = cfg.tbl AND a.attname = u.k
 $$;
 
+-- jsonb_build_object(...) of the key columns, qualified: how a row's key travels as jsonb.
+CREATE OR REPLACE FUNCTION mgte._key_object(cfg mgte.enabled, qualifier text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('jsonb_build_object(%s)', string_agg(format('%L, %I.%I', k, qualifier, k), ', ' ORDER BY n))
+    FROM unnest(cfg.key_columns) WITH ORDINALITY AS u(k, n)
+$$;
+
 -- The schema pgvector lives in, quoted: its types, operators and operator classes are
 -- named through it, since every mgte function pins search_path.
 CREATE OR REPLACE FUNCTION mgte._vector_schema()
@@ -63,36 +101,47 @@ AS $$
     SELECT format('%s.%I(%s)', mgte._vector_schema(), name, dimensions)
 $$;
 
--- jsonb_build_object(...) of the key columns, qualified: how a row's key travels as jsonb.
-CREATE OR REPLACE FUNCTION mgte._key_object(cfg mgte.enabled, qualifier text)
+-- The longest start of `name` that fits in `bytes` bytes without cutting a character:
+-- PostgreSQL cuts identifiers at 63 bytes, so names built from a table's name are clipped
+-- first and their suffixes survive.
+CREATE OR REPLACE FUNCTION mgte._clip(name text, bytes integer)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format('jsonb_build_object(%s)', string_agg(format('%L, %I.%I', k, qualifier, k), ', ' ORDER BY n))
-    FROM unnest(cfg.key_columns) WITH ORDINALITY AS u(k, n)
+    SELECT left(name, max(n)) FROM generate_series(0, length(name)) AS n WHERE octet_length(left(name, n)) <= bytes
 $$;
 
--- INSERT ... ON CONFLICT that stores results read from `source`, a query with the key
--- columns and mgte_embedding, mgte_sparse, mgte_sparsevec, mgte_model, mgte_text_md5,
--- mgte_tokens, mgte_truncated (the text forms of mgte_udf.records). Returns the keys stored.
-CREATE OR REPLACE FUNCTION mgte._store_statement(cfg mgte.enabled, source text)
+-- Fills a template of generated SQL in one pass (so a value is never filled again):
+--   {name}          vars ->> name, as given (already quoted)
+--   {keys}, {keys.x}  the key columns, unqualified or qualified by alias x
+--   {x=y}           the key columns of aliases x and y are equal
+--   {key_object.x}  the key of alias x as a jsonb object
+CREATE OR REPLACE FUNCTION mgte._render(cfg mgte.enabled, template text, vars jsonb)
 RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format(
-        'INSERT INTO %1$s AS t (%2$s, embedding, sparse, sparsevec, model, text_md5, tokens, truncated, embedded_at) '
-        'SELECT %3$s, r.mgte_embedding::%4$s, r.mgte_sparse, r.mgte_sparsevec::%5$s, r.mgte_model, '
-        '       r.mgte_text_md5, r.mgte_tokens, r.mgte_truncated, pg_catalog.now() '
-        'FROM (%6$s) AS r '
-        'ON CONFLICT (%2$s) DO UPDATE SET embedding = EXCLUDED.embedding, sparse = EXCLUDED.sparse, '
-        '    sparsevec = EXCLUDED.sparsevec, model = EXCLUDED.model, text_md5 = EXCLUDED.text_md5, '
-        '    tokens = EXCLUDED.tokens, truncated = EXCLUDED.truncated, embedded_at = EXCLUDED.embedded_at '
-        'RETURNING %7$s',
-        cfg.embeddings, mgte._keys(cfg), mgte._keys(cfg, 'r'),
-        mgte._vector_type('vector', cfg.dim), mgte._vector_type('sparsevec', cfg.vocab_size),
-        source, mgte._keys(cfg, 't'))
+DECLARE
+    out text := '';
+    m text[];
+BEGIN
+    LOOP
+        m := regexp_match(template, '^(.*?)\{([a-z_]+)(?:([.=])([a-z]+))?\}(.*)$', 's');
+        EXIT WHEN m IS NULL;
+        out := out || m[1] || CASE
+            WHEN m[3] = '=' THEN mgte._keys_match(cfg, m[2], m[4])
+            WHEN m[2] = 'keys' THEN mgte._keys(cfg, m[4])
+            WHEN m[2] = 'key_object' AND m[3] = '.' THEN mgte._key_object(cfg, m[4])
+            WHEN m[3] IS NULL AND vars ? m[2] THEN vars ->> m[2]
+        END;
+        IF out IS NULL THEN
+            RAISE EXCEPTION 'mgte: template placeholder {%} has no value', concat(m[2], m[3], m[4]);
+        END IF;
+        template := m[5];
+    END LOOP;
+    RETURN out || template;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION mgte._config(tbl regclass)
@@ -112,19 +161,614 @@ BEGIN
 END
 $$;
 
--- Only the table's owner (or a member of its owning role) may change its setup.
+-- A per-table function of an enabled table, e.g. mgte."docs_claim", or with its argument
+-- types, e.g. mgte."docs_claim"(integer, double precision).
+CREATE OR REPLACE FUNCTION mgte._function(cfg mgte.enabled, suffix text, signature boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('mgte.%I', cfg.prefix || '_' || suffix) || CASE WHEN signature THEN CASE suffix
+        WHEN 'claim' THEN '(integer, double precision)' WHEN 'settle' THEN '(jsonb)'
+        WHEN 'requeue' THEN '(boolean)' ELSE '()' END ELSE '' END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._function_names()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY['on_change', 'claim', 'settle', 'requeue', 'status']
+$$;
+
+-- --- Ownership -------------------------------------------------------------------------
+
+-- Runs as the caller: only the table's owner (or a member of the owning role, as for ALTER
+-- TABLE) gets past _check_owner, and _authorize leaves the proof that mgte's SECURITY
+-- DEFINER functions consume (see mgte.authorizations).
 CREATE OR REPLACE FUNCTION mgte._check_owner(tbl regclass)
 RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pg_catalog.pg_has_role(session_user,
-                                  (SELECT relowner FROM pg_catalog.pg_class WHERE oid = tbl), 'MEMBER') THEN
+    IF NOT pg_catalog.pg_has_role(current_user,
+                                  (SELECT relowner FROM pg_catalog.pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be the owner of table %', tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'only the table''s owner (or a member of the owning role) can change its auto-embedding';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._authorize(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mgte._check_owner(tbl);
+    INSERT INTO mgte.authorizations (tbl) VALUES (tbl);
+END
+$$;
+
+-- In a SECURITY DEFINER function: fails unless this transaction of this backend proved it
+-- owns `tbl` (mgte._authorize).
+CREATE OR REPLACE FUNCTION mgte._consume_authorization(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    proofs bigint;
+BEGIN
+    -- Proofs left by earlier transactions of this backend are void.
+    DELETE FROM mgte.authorizations a
+    WHERE a.backend = pg_catalog.pg_backend_pid() AND a.xact_start <> pg_catalog.transaction_timestamp();
+    DELETE FROM mgte.authorizations a
+    WHERE a.backend = pg_catalog.pg_backend_pid() AND a.xact_start = pg_catalog.transaction_timestamp()
+      AND a.tbl = _consume_authorization.tbl;
+    GET DIAGNOSTICS proofs = ROW_COUNT;
+    IF proofs = 0 THEN
         RAISE EXCEPTION 'must be the owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
 END
 $$;
+
+-- --- Setting a table up ------------------------------------------------------------------
+
+-- A prefix for a table's objects that no other table's objects use, and that keeps every
+-- suffix after PostgreSQL's 63-byte cut: the table's name, or with its oid when that name
+-- is taken or had to be clipped.
+CREATE OR REPLACE FUNCTION mgte._free_prefix(tbl regclass)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relname text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = tbl);
+    candidate text;
+    attempt integer := 0;
+BEGIN
+    LOOP
+        -- 63 bytes less the longest suffix ("_embeddings", 11) and "_<oid>_<n>" (at most 14).
+        candidate := CASE WHEN attempt = 0 AND octet_length(relname) <= 38 THEN relname
+                          ELSE mgte._clip(relname, 38) || '_' || tbl::oid
+                               || CASE WHEN attempt > 1 THEN '_' || attempt ELSE '' END END;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c
+                       WHERE c.relnamespace = 'mgte'::regnamespace AND c.relname LIKE candidate || '\_%')
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+                           WHERE p.pronamespace = 'mgte'::regnamespace AND p.proname LIKE candidate || '\_%')
+           AND NOT EXISTS (SELECT FROM mgte.enabled e WHERE e.prefix = candidate) THEN
+            RETURN candidate;
+        END IF;
+        attempt := attempt + 1;
+    END LOOP;
+END
+$$;
+
+-- A set of per-table objects: the tables, functions and triggers named by cfg.prefix, owned
+-- by the table's owner. A table has one set, and a second while it is re-embedded with
+-- another model (mgte_reembed), whose triggers are named mgte_next_* until it takes over.
+-- DDL only: see the top of this file.
+CREATE OR REPLACE FUNCTION mgte._create_set(cfg mgte.enabled, triggers text)
+RETURNS mgte.enabled
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner text := (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl);
+    key_defs text := mgte._key_definitions(cfg);
+    vars jsonb;
+    fn text;
+BEGIN
+    EXECUTE format(
+        'CREATE TABLE mgte.%I (%s, embedding %s NOT NULL, sparse jsonb, sparsevec %s, model text NOT NULL, '
+        'text_md5 text NOT NULL, tokens integer NOT NULL, truncated boolean NOT NULL, '
+        'embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
+        cfg.prefix || '_embeddings', key_defs, mgte._vector_type('vector', cfg.dim),
+        mgte._vector_type('sparsevec', cfg.vocab_size), mgte._keys(cfg));
+    EXECUTE format('CREATE INDEX ON mgte.%I (embedded_at)', cfg.prefix || '_embeddings');
+    EXECUTE format(
+        'CREATE TABLE mgte.%I (%s, enqueued_at timestamptz NOT NULL DEFAULT now(), '
+        'attempts integer NOT NULL DEFAULT 0, lease uuid, leased_until timestamptz, last_error text, '
+        'PRIMARY KEY (%s))',
+        cfg.prefix || '_queue', key_defs, mgte._keys(cfg));
+    EXECUTE format(
+        'CREATE TABLE mgte.%I (%s, text_md5 text, attempts integer NOT NULL, error text NOT NULL, '
+        'failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
+        cfg.prefix || '_failed', key_defs, mgte._keys(cfg));
+    cfg.embeddings := format('mgte.%I', cfg.prefix || '_embeddings')::regclass;
+    cfg.queue := format('mgte.%I', cfg.prefix || '_queue')::regclass;
+    cfg.failed := format('mgte.%I', cfg.prefix || '_failed')::regclass;
+    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.embeddings,
+                   format('mgte embeddings of %s.%I by %s (see mgte_enable)', cfg.tbl, cfg.text_column,
+                          coalesce(cfg.model, 'the first model that stores')));
+    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.queue, format('rows of %s waiting for mgte worker', cfg.tbl));
+    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.failed,
+                   format('rows of %s the mgte server rejected; mgte_retry_failed(%L) queues them again',
+                          cfg.tbl, cfg.tbl::text));
+    -- The queue last: _on_alter compares the table's owner with the queue's.
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.embeddings, owner);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.failed, owner);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.queue, owner);
+
+    vars := jsonb_build_object(
+        'tbl', cfg.tbl::text, 'tbl_literal', quote_literal(cfg.tbl::text), 'text', quote_ident(cfg.text_column),
+        'prefix_literal', quote_literal(cfg.prefix),
+        'embeddings', cfg.embeddings::text, 'queue', cfg.queue::text, 'failed', cfg.failed::text,
+        'key_defs', key_defs, 'vector', mgte._vector_type('vector', cfg.dim),
+        'sparsevec', mgte._vector_type('sparsevec', cfg.vocab_size));
+    vars := vars || jsonb_build_object(
+        'enqueue_inserted', mgte._render(cfg, mgte._enqueue_template(
+            format('SELECT %s, n.%I::text AS mgte_text FROM mgte_new AS n WHERE n.%I IS NOT NULL',
+                   mgte._keys(cfg, 'n'), cfg.text_column, cfg.text_column), true), vars),
+        'enqueue_updated', mgte._render(cfg, mgte._enqueue_template(
+            format('SELECT %s, n.%I::text AS mgte_text FROM mgte_new AS n WHERE n.%I IS NOT NULL '
+                   'AND NOT EXISTS (SELECT FROM mgte_old AS o WHERE %s AND o.%I::text IS NOT DISTINCT FROM n.%I::text)',
+                   mgte._keys(cfg, 'n'), cfg.text_column, cfg.text_column, mgte._keys_match(cfg, 'o', 'n'),
+                   cfg.text_column, cfg.text_column), false), vars));
+    FOR fn IN SELECT unnest(mgte._function_names()) LOOP
+        EXECUTE mgte._render(cfg, mgte._function_template(fn), vars || jsonb_build_object('name', mgte._function(cfg, fn)));
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', mgte._function(cfg, fn, true), owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', mgte._function(cfg, fn, true));
+    END LOOP;
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s TO mgte_worker', mgte._function(cfg, 'claim', true),
+                   mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true));
+
+    FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                       triggers || fn, upper(fn), cfg.tbl,
+                       CASE fn WHEN 'insert' THEN 'REFERENCING NEW TABLE AS mgte_new'
+                               WHEN 'update' THEN 'REFERENCING OLD TABLE AS mgte_old NEW TABLE AS mgte_new'
+                               WHEN 'delete' THEN 'REFERENCING OLD TABLE AS mgte_old'
+                               ELSE '' END,
+                       mgte._function(cfg, 'on_change'));
+    END LOOP;
+    RETURN cfg;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._drop_set(cfg mgte.enabled, triggers text, keep_embeddings boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn text;
+BEGIN
+    IF to_regclass(cfg.tbl::oid::regclass::text) IS NOT NULL THEN  -- not when the table itself is dropped
+        FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, cfg.tbl);
+        END LOOP;
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS %s, %s', cfg.queue, cfg.failed);
+    IF NOT keep_embeddings THEN
+        EXECUTE format('DROP TABLE IF EXISTS %s', cfg.embeddings);
+    END IF;
+    FOR fn IN SELECT unnest(mgte._function_names()) LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS %s', mgte._function(cfg, fn, true));
+    END LOOP;
+END
+$$;
+
+-- The set being filled while a table is re-embedded, as a configuration of its own.
+CREATE OR REPLACE FUNCTION mgte._next_set(tbl regclass)
+RETURNS mgte.enabled
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (e.tbl, e.text_column, e.key_columns, r.embeddings, r.queue, r.failed, e.search_view, e.dim,
+            e.vocab_size, e.sparse, e.mode, e.on_failure, e.sync_timeout_ms, r.started_at, r.prefix,
+            r.model)::mgte.enabled
+    FROM mgte.enabled e JOIN mgte.reembeddings r USING (tbl)
+    WHERE e.tbl = _next_set.tbl
+$$;
+
+-- Sets a new table up (everything but its rows, which mgte_enable queues as the owner), or
+-- changes the mode of one that is set up.
+CREATE OR REPLACE FUNCTION mgte._provision(cfg mgte.enabled)
+RETURNS mgte.enabled
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    existing mgte.enabled;
+BEGIN
+    PERFORM mgte._consume_authorization(cfg.tbl);
+    SELECT * INTO existing FROM mgte.enabled e WHERE e.tbl = cfg.tbl;
+    IF FOUND THEN
+        UPDATE mgte.enabled e
+        SET mode = cfg.mode, on_failure = cfg.on_failure, sync_timeout_ms = cfg.sync_timeout_ms
+        WHERE e.tbl = cfg.tbl
+        RETURNING * INTO existing;
+        RETURN existing;
+    END IF;
+    cfg.prefix := mgte._free_prefix(cfg.tbl);
+    cfg := mgte._create_set(cfg, 'mgte_');
+    INSERT INTO mgte.enabled SELECT cfg.*;
+    PERFORM mgte._create_search_view(cfg,
+        (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl));
+    RETURN (SELECT e FROM mgte.enabled e WHERE e.tbl = cfg.tbl);
+END
+$$;
+
+-- Drops a table's triggers and per-table objects (the embeddings unless keep_embeddings)
+-- and forgets its configuration. DDL only.
+CREATE OR REPLACE FUNCTION mgte._unprovision(tbl regclass, keep_embeddings boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mgte._consume_authorization(tbl);
+    PERFORM mgte._drop_objects(mgte._config(tbl), keep_embeddings);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._drop_objects(cfg mgte.enabled, keep_embeddings boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    upcoming mgte.enabled := mgte._next_set(cfg.tbl);
+BEGIN
+    IF cfg.search_view IS NOT NULL THEN
+        EXECUTE format('DROP VIEW IF EXISTS %s', cfg.search_view);
+    END IF;
+    IF upcoming.prefix IS NOT NULL THEN
+        PERFORM mgte._drop_set(upcoming, 'mgte_next_', false);
+    END IF;
+    PERFORM mgte._drop_set(cfg, 'mgte_', keep_embeddings);
+    DELETE FROM mgte.reembeddings r WHERE r.tbl::oid = cfg.tbl::oid;
+    DELETE FROM mgte.enabled e WHERE e.tbl::oid = cfg.tbl::oid;
+END
+$$;
+
+-- Starts re-embedding a table with `model`: a second set of objects that its own triggers
+-- keep current, filled by workers of a server that serves `model`.
+CREATE OR REPLACE FUNCTION mgte._start_reembed(tbl regclass, model text)
+RETURNS mgte.enabled
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    upcoming mgte.enabled := mgte._config(tbl);
+BEGIN
+    PERFORM mgte._consume_authorization(tbl);
+    upcoming.prefix := mgte._free_prefix(tbl);
+    upcoming.model := model;
+    upcoming := mgte._create_set(upcoming, 'mgte_next_');
+    INSERT INTO mgte.reembeddings (tbl, prefix, model, embeddings, queue, failed)
+    VALUES (tbl, upcoming.prefix, model, upcoming.embeddings, upcoming.queue, upcoming.failed);
+    PERFORM mgte._create_index_on(upcoming);
+    RETURN upcoming;
+END
+$$;
+
+-- Once the new set's queue is empty: it becomes the table's set, in one transaction, and
+-- the old one is dropped. Searches read mgte.enabled, so they switch with it.
+CREATE OR REPLACE FUNCTION mgte._finish_reembed(tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    live mgte.enabled := mgte._config(tbl);
+    upcoming mgte.enabled := mgte._next_set(tbl);
+    waiting boolean;
+    fn text;
+BEGIN
+    PERFORM mgte._consume_authorization(tbl);
+    IF upcoming.prefix IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT FROM %s)', upcoming.queue) INTO waiting;
+    IF waiting THEN
+        RETURN false;
+    END IF;
+    PERFORM mgte._drop_set(live, 'mgte_', false);
+    FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+        EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', 'mgte_next_' || fn, tbl, 'mgte_' || fn);
+    END LOOP;
+    DELETE FROM mgte.reembeddings r WHERE r.tbl = _finish_reembed.tbl;
+    UPDATE mgte.enabled e
+    SET prefix = upcoming.prefix, embeddings = upcoming.embeddings, queue = upcoming.queue, failed = upcoming.failed,
+        model = upcoming.model
+    WHERE e.tbl = _finish_reembed.tbl;
+    RETURN true;
+END
+$$;
+
+-- Adopts the model of the stored vectors as the table's model, when it had none (the
+-- server was not reachable when the table was enabled). Reads mgte's catalog and one text
+-- column of the embeddings only; any role may call it, since it only records what the
+-- table's owner's functions stored.
+CREATE OR REPLACE FUNCTION mgte._adopt_model(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled := mgte._config(tbl);
+    stored text;
+BEGIN
+    IF cfg.model IS NULL THEN
+        EXECUTE format('SELECT model FROM %s LIMIT 1', cfg.embeddings) INTO stored;
+        UPDATE mgte.enabled e SET model = stored WHERE e.tbl = cfg.tbl AND e.model IS NULL;
+    END IF;
+END
+$$;
+
+-- --- The per-table functions --------------------------------------------------------------
+
+-- The templates of the per-table functions (see _render). All are SECURITY DEFINER and
+-- end up owned by the table's owner.
+CREATE OR REPLACE FUNCTION mgte._function_template(fn text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $template$
+SELECT CASE fn
+WHEN 'on_change' THEN $sql$
+CREATE FUNCTION {name}() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+DECLARE
+    cfg mgte.enabled;
+    queued bigint;
+BEGIN
+    SELECT * INTO cfg FROM mgte.enabled WHERE tbl = TG_RELID::regclass;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE {queue}, {embeddings}, {failed};
+        RETURN NULL;
+    END IF;
+
+    -- Keys gone: deleted, moved to another key, or whose text became NULL. The queue entry
+    -- first (its row lock orders this after a worker storing the key), then, in later
+    -- statements that see what such a worker stored, the embedding and the dead letter.
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM {queue} AS q USING mgte_old AS o WHERE {q=o};
+        DELETE FROM {embeddings} AS e USING mgte_old AS o WHERE {e=o};
+        DELETE FROM {failed} AS f USING mgte_old AS o WHERE {f=o};
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM {queue} AS q USING mgte_old AS o
+        WHERE {q=o} AND NOT EXISTS (SELECT FROM mgte_new AS n WHERE {n=o} AND n.{text} IS NOT NULL);
+        DELETE FROM {embeddings} AS e USING mgte_old AS o
+        WHERE {e=o} AND NOT EXISTS (SELECT FROM mgte_new AS n WHERE {n=o} AND n.{text} IS NOT NULL);
+        DELETE FROM {failed} AS f USING mgte_old AS o
+        WHERE {f=o} AND NOT EXISTS (SELECT FROM mgte_new AS n WHERE {n=o} AND n.{text} IS NOT NULL);
+        -- A new text deserves new tries.
+        DELETE FROM {failed} AS f USING mgte_new AS n
+        WHERE {f=n} AND NOT EXISTS (SELECT FROM mgte_old AS o WHERE {o=n} AND o.{text}::text IS NOT DISTINCT FROM n.{text}::text);
+        {enqueue_updated}
+    ELSE
+        {enqueue_inserted}
+    END IF;
+    IF queued > 0 THEN
+        PERFORM pg_catalog.pg_notify('mgte', TG_RELID::regclass::text);
+    END IF;
+    RETURN NULL;
+END
+$body$
+$sql$
+WHEN 'claim' THEN $sql$
+CREATE FUNCTION {name}(batch_size integer, lease_seconds double precision)
+RETURNS TABLE (key jsonb, lease uuid, attempts integer, body text, body_md5 text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+    -- Entries whose row is gone or whose text is NULL are dropped on the way.
+    WITH picked AS (
+        SELECT {keys.q}, t.{text}::text AS mgte_body
+        FROM {queue} AS q LEFT JOIN {tbl} AS t ON {t=q}
+        WHERE q.leased_until IS NULL OR q.leased_until < now()
+        LIMIT batch_size FOR UPDATE OF q SKIP LOCKED),
+    leased AS (
+        UPDATE {queue} AS q SET lease = gen_random_uuid(), leased_until = now() + lease_seconds * interval '1 second'
+        FROM picked AS p WHERE {q=p} AND p.mgte_body IS NOT NULL
+        RETURNING {keys.q}, q.lease, q.attempts, p.mgte_body),
+    orphans AS (DELETE FROM {queue} AS q USING picked AS p WHERE {q=p} AND p.mgte_body IS NULL)
+    SELECT {key_object.l}, l.lease, l.attempts, l.mgte_body, md5(l.mgte_body) FROM leased AS l
+$body$
+$sql$
+WHEN 'settle' THEN $sql$
+CREATE FUNCTION {name}(results jsonb)
+RETURNS TABLE (stored bigint, failed bigint, released bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+DECLARE
+    -- The model of this set of objects: the table's, or the one it is re-embedded with.
+    table_model text := coalesce((SELECT model FROM mgte.reembeddings WHERE prefix = {prefix_literal}),
+                                 (SELECT model FROM mgte.enabled WHERE prefix = {prefix_literal}));
+    served text;
+BEGIN
+    -- results: one object per claimed row: its key columns, mgte_lease, mgte_text_md5 and
+    -- mgte_outcome: 'stored' (with the mgte_* fields of the embedding), 'failed' (dead
+    -- letter, mgte_error), 'retry' (failed alone: give back, count an attempt, mgte_error)
+    -- or 'released' (not tried, e.g. the server is down: give back, mgte_error).
+    SELECT r.mgte_model INTO served
+    FROM jsonb_to_recordset(results) AS r(mgte_outcome text, mgte_model text)
+    WHERE r.mgte_outcome = 'stored' AND r.mgte_model IS DISTINCT FROM coalesce(table_model, r.mgte_model)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'mgte: the server embeds with model %, but the embeddings of % were made by %',
+            served, {tbl_literal}::regclass, table_model
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'vectors of two models cannot be mixed in one table: serve the table''s model, or re-embed the table with mgte_reembed()';
+    END IF;
+
+    -- Step 1 of the protocol: lock the entries this lease still holds.
+    PERFORM FROM {queue} AS q, jsonb_to_recordset(results) AS r({key_defs}, mgte_lease uuid)
+    WHERE {q=r} AND q.lease = r.mgte_lease
+    ORDER BY {keys.q} FOR UPDATE OF q;
+
+    -- Step 2, with a newer snapshot: settle by the text each row holds now.
+    RETURN QUERY
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(results) AS r({key_defs}, mgte_lease uuid, mgte_text_md5 text,
+            mgte_outcome text, mgte_error text, mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text,
+            mgte_model text, mgte_tokens integer, mgte_truncated boolean)),
+    mine AS MATERIALIZED (
+        SELECT r.*, q.attempts AS mgte_attempts,
+               coalesce(md5(t.{text}::text) = r.mgte_text_md5, false) AS mgte_current
+        FROM r JOIN {queue} AS q ON {q=r} AND q.lease = r.mgte_lease
+        LEFT JOIN {tbl} AS t ON {t=r}),
+    done AS (
+        DELETE FROM {queue} AS q USING mine AS m
+        WHERE {q=m} AND m.mgte_current AND m.mgte_outcome IN ('stored', 'failed')),
+    given_back AS (
+        UPDATE {queue} AS q
+        SET lease = NULL, leased_until = NULL,
+            attempts = q.attempts + CASE WHEN m.mgte_current AND m.mgte_outcome = 'retry' THEN 1 ELSE 0 END,
+            last_error = CASE WHEN m.mgte_current THEN m.mgte_error ELSE q.last_error END
+        FROM mine AS m
+        WHERE {q=m} AND NOT (m.mgte_current AND m.mgte_outcome IN ('stored', 'failed'))
+        RETURNING 1),
+    embedded AS (
+        INSERT INTO {embeddings} AS e ({keys}, embedding, sparse, sparsevec, model, text_md5, tokens, truncated, embedded_at)
+        SELECT {keys.m}, m.mgte_embedding::{vector}, m.mgte_sparse, m.mgte_sparsevec::{sparsevec}, m.mgte_model,
+               m.mgte_text_md5, m.mgte_tokens, m.mgte_truncated, now()
+        FROM mine AS m WHERE m.mgte_current AND m.mgte_outcome = 'stored'
+        ON CONFLICT ({keys}) DO UPDATE SET embedding = EXCLUDED.embedding, sparse = EXCLUDED.sparse,
+            sparsevec = EXCLUDED.sparsevec, model = EXCLUDED.model, text_md5 = EXCLUDED.text_md5,
+            tokens = EXCLUDED.tokens, truncated = EXCLUDED.truncated, embedded_at = EXCLUDED.embedded_at
+        RETURNING 1),
+    dead AS (
+        INSERT INTO {failed} AS f ({keys}, text_md5, attempts, error)
+        SELECT {keys.m}, m.mgte_text_md5, m.mgte_attempts + 1, m.mgte_error
+        FROM mine AS m WHERE m.mgte_current AND m.mgte_outcome = 'failed'
+        ON CONFLICT ({keys}) DO UPDATE SET text_md5 = EXCLUDED.text_md5, attempts = EXCLUDED.attempts,
+            error = EXCLUDED.error, failed_at = now()
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM embedded), (SELECT count(*) FROM dead), (SELECT count(*) FROM given_back);
+
+    IF table_model IS NULL THEN
+        PERFORM mgte._adopt_model({tbl_literal}::regclass);
+    END IF;
+    -- A re-embedding whose queue is empty takes over.
+    IF EXISTS (SELECT FROM mgte.reembeddings WHERE prefix = {prefix_literal}) AND NOT EXISTS (SELECT FROM {queue}) THEN
+        PERFORM mgte._authorize({tbl_literal}::regclass);
+        PERFORM mgte._finish_reembed({tbl_literal}::regclass);
+    END IF;
+END
+$body$
+$sql$
+WHEN 'requeue' THEN $sql$
+CREATE FUNCTION {name}(failed_only boolean) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+DECLARE
+    queued bigint;
+BEGIN
+    IF failed_only THEN
+        WITH back AS (DELETE FROM {failed} RETURNING {keys})
+        INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM back
+        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+    ELSE
+        INSERT INTO {queue} AS q ({keys}) SELECT {keys.t} FROM {tbl} AS t WHERE t.{text} IS NOT NULL
+        ON CONFLICT ({keys}) DO NOTHING;
+    END IF;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    PERFORM pg_catalog.pg_notify('mgte', {tbl_literal}::regclass::text);
+    RETURN queued;
+END
+$body$
+$sql$
+WHEN 'status' THEN $sql$
+CREATE FUNCTION {name}()
+RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, oldest_pending interval,
+               last_embedded timestamptz, embedded_last_minute bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+    SELECT q.pending, q.in_progress, (SELECT count(*) FROM {failed}), q.oldest,
+           (SELECT max(embedded_at) FROM {embeddings}),
+           (SELECT count(*) FROM {embeddings} WHERE embedded_at > now() - interval '1 minute')
+    FROM (SELECT count(*) FILTER (WHERE leased_until IS NULL OR leased_until < now()) AS pending,
+                 count(*) FILTER (WHERE leased_until >= now()) AS in_progress,
+                 now() - min(enqueued_at) AS oldest
+          FROM {queue}) AS q
+$body$
+$sql$
+END
+$template$;
+
+-- How the trigger hands changed rows on: `changed` selects their keys and mgte_text.
+-- Async: queue them (a plain INSERT first for new rows, half the cost of the upsert).
+-- Sync: embed them now; the queue entries go first (see the protocol), and what the server
+-- could not do (when on_failure = 'queue') is queued again.
+CREATE OR REPLACE FUNCTION mgte._enqueue_template(changed text, inserting boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $template$
+SELECT replace($sql$
+    -- Only the table's own set embeds in sync mode; a re-embedding's set always queues.
+    IF cfg.mode = 'sync' AND cfg.prefix = {prefix_literal} THEN
+        DELETE FROM {queue} AS q USING (CHANGED) AS c WHERE {q=c};
+        WITH changed AS MATERIALIZED (SELECT c.*, row_number() OVER () AS mgte_ord FROM (CHANGED) AS c),
+        encoded AS MATERIALIZED (
+            SELECT * FROM mgte._encode((SELECT array_agg(mgte_text ORDER BY mgte_ord) FROM changed), cfg.dim,
+                                       cfg.sparse, cfg.vocab_size, cfg.sync_timeout_ms, cfg.on_failure = 'queue',
+                                       cfg.model)),
+        stored AS (
+            INSERT INTO {embeddings} AS e ({keys}, embedding, sparse, sparsevec, model, text_md5, tokens, truncated, embedded_at)
+            SELECT {keys.c}, x.mgte_embedding::{vector}, x.mgte_sparse, x.mgte_sparsevec::{sparsevec}, x.mgte_model,
+                   md5(c.mgte_text), x.mgte_tokens, x.mgte_truncated, now()
+            FROM changed AS c JOIN encoded AS x USING (mgte_ord)
+            ON CONFLICT ({keys}) DO UPDATE SET embedding = EXCLUDED.embedding, sparse = EXCLUDED.sparse,
+                sparsevec = EXCLUDED.sparsevec, model = EXCLUDED.model, text_md5 = EXCLUDED.text_md5,
+                tokens = EXCLUDED.tokens, truncated = EXCLUDED.truncated, embedded_at = EXCLUDED.embedded_at)
+        INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM changed
+        WHERE mgte_ord NOT IN (SELECT mgte_ord FROM encoded)
+        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+        GET DIAGNOSTICS queued = ROW_COUNT;
+        IF cfg.model IS NULL THEN
+            PERFORM mgte._adopt_model(cfg.tbl);
+        END IF;
+    ELSE
+$sql$ || CASE WHEN inserting THEN $sql$
+        BEGIN
+            INSERT INTO {queue} ({keys}) SELECT {keys} FROM (CHANGED) AS c;
+        EXCEPTION WHEN unique_violation THEN
+            INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM (CHANGED) AS c
+            ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+        END;
+$sql$ ELSE $sql$
+        INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM (CHANGED) AS c
+        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+$sql$ END || $sql$
+        GET DIAGNOSTICS queued = ROW_COUNT;
+    END IF;
+$sql$, 'CHANGED', changed)
+$template$;
+
+-- --- The SQL interface ---------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION mgte_enable(
     tbl regclass,
@@ -136,19 +780,15 @@ CREATE OR REPLACE FUNCTION mgte_enable(
     sync_timeout_ms integer DEFAULT 5000,
     indexes boolean DEFAULT true)
 RETURNS regclass
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     rel record;
     col record;
-    keys name[];
-    key_defs text;
     existing mgte.enabled;
     cfg mgte.enabled;
     info jsonb;
-    vocab integer := 250048;  -- the XLM-R vocabulary of every mGTE model
-    prefix text;
 BEGIN
     IF tbl IS NULL OR text_column IS NULL OR sparse IS NULL THEN
         RAISE EXCEPTION 'mgte_enable needs a table, a text column and sparse true or false'
@@ -172,7 +812,7 @@ BEGIN
         RAISE EXCEPTION 'dim must be positive, not %', dim USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    SELECT c.relname, c.relkind, n.nspname INTO rel
+    SELECT c.relkind, n.nspname INTO rel
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = tbl;
     IF rel.relkind NOT IN ('r', 'p') THEN
@@ -181,7 +821,7 @@ BEGIN
     IF rel.nspname = 'mgte' THEN
         RAISE EXCEPTION 'cannot enable auto-embedding on mgte''s own table %', tbl USING ERRCODE = 'wrong_object_type';
     END IF;
-    PERFORM mgte._check_owner(tbl);
+    PERFORM mgte._authorize(tbl);
 
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, t.typcategory INTO col
     FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
@@ -194,12 +834,19 @@ BEGIN
             USING ERRCODE = 'datatype_mismatch', HINT = 'enable a text, varchar or char column';
     END IF;
 
-    SELECT array_agg(a.attname ORDER BY k.n) INTO keys
+    cfg.tbl := tbl;
+    cfg.text_column := text_column;
+    cfg.sparse := sparse;
+    cfg.mode := mode;
+    cfg.on_failure := on_failure;
+    cfg.sync_timeout_ms := sync_timeout_ms;
+    cfg.enabled_at := now();
+    SELECT array_agg(a.attname ORDER BY k.n) INTO cfg.key_columns
     FROM pg_catalog.pg_index i
     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = tbl AND i.indisprimary;
-    IF keys IS NULL THEN
+    IF cfg.key_columns IS NULL THEN
         RAISE EXCEPTION 'table % has no primary key', tbl
             USING ERRCODE = 'invalid_table_definition',
                   HINT = format('mgte finds rows by their primary key; add one, e.g. ALTER TABLE %s ADD PRIMARY KEY (id)', tbl);
@@ -214,113 +861,89 @@ BEGIN
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'mgte_disable(table) first to set it up differently (it drops the stored embeddings)';
         END IF;
-        UPDATE mgte.enabled e
-        SET mode = mgte_enable.mode, on_failure = mgte_enable.on_failure, sync_timeout_ms = mgte_enable.sync_timeout_ms
-        WHERE e.tbl = mgte_enable.tbl;
-        RETURN existing.embeddings;
+        cfg := mgte._provision(cfg);  -- changes mode, on_failure and sync_timeout_ms only
+        RETURN cfg.embeddings;
     END IF;
 
+    cfg.vocab_size := 250048;  -- the XLM-R vocabulary of every mGTE model
     BEGIN
-        info := @extschema@.mgte_info();
-        vocab := (info -> 'model' ->> 'vocab_size')::integer;
-        dim := coalesce(dim, (info -> 'model' ->> 'hidden_size')::integer);
-        IF sparse AND (info -> 'model' ->> 'sparse')::boolean IS FALSE THEN
-            RAISE EXCEPTION 'the served model % has no sparse (lexical) output', info -> 'model' ->> 'id'
+        info := @extschema@.mgte_info() -> 'model';
+        cfg.vocab_size := (info ->> 'vocab_size')::integer;
+        cfg.dim := coalesce(dim, (info ->> 'hidden_size')::integer);
+        cfg.model := info ->> 'id';
+        IF cfg.dim > (info ->> 'hidden_size')::integer THEN
+            RAISE EXCEPTION 'dim % is more than the % dimensions of the served model %', dim, info ->> 'hidden_size',
+                info ->> 'id' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF sparse AND (info ->> 'sparse')::boolean IS FALSE THEN
+            RAISE EXCEPTION 'the served model % has no sparse (lexical) output', info ->> 'id'
                 USING ERRCODE = 'feature_not_supported', HINT = 'pass sparse => false to store dense embeddings only';
         END IF;
     EXCEPTION WHEN connection_failure THEN
+        -- The table adopts the model of the first vectors stored for it.
         IF dim IS NULL THEN
             RAISE EXCEPTION 'mgte_enable needs the embedding size, and the mgte server cannot be reached to ask it'
                 USING ERRCODE = 'connection_failure',
                       HINT = 'start the server, or pass dim => 768 (the size of gte-multilingual-base)';
         END IF;
+        cfg.dim := dim;
     END;
 
-    prefix := left(rel.relname, 40);
-    IF to_regclass(format('mgte.%I', prefix || '_embeddings')) IS NOT NULL
-       OR to_regclass(format('mgte.%I', prefix || '_queue')) IS NOT NULL
-       OR to_regclass(format('mgte.%I', prefix || '_failed')) IS NOT NULL THEN
-        prefix := left(rel.relname, 30) || '_' || tbl::oid;
-    END IF;
-
-    cfg.tbl := tbl;
-    cfg.key_columns := keys;
-    key_defs := mgte._key_definitions(cfg);
-    EXECUTE format(
-        'CREATE TABLE mgte.%I (%s, embedding %s NOT NULL, sparse jsonb, sparsevec %s, model text NOT NULL, '
-        'text_md5 text NOT NULL, tokens integer NOT NULL, truncated boolean NOT NULL, '
-        'embedded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
-        prefix || '_embeddings', key_defs, mgte._vector_type('vector', dim),
-        mgte._vector_type('sparsevec', vocab), mgte._keys(cfg));
-    EXECUTE format('CREATE INDEX ON mgte.%I (embedded_at)', prefix || '_embeddings');
-
-    EXECUTE format(
-        'CREATE TABLE mgte.%I (%s, generation bigint NOT NULL DEFAULT 1, enqueued_at timestamptz NOT NULL DEFAULT now(), '
-        'attempts integer NOT NULL DEFAULT 0, leased_until timestamptz, last_error text, PRIMARY KEY (%s))',
-        prefix || '_queue', key_defs, mgte._keys(cfg));
-    EXECUTE format(
-        'CREATE TABLE mgte.%I (%s, text_md5 text, attempts integer NOT NULL, error text NOT NULL, '
-        'failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
-        prefix || '_failed', key_defs, mgte._keys(cfg));
-
-    INSERT INTO mgte.enabled (tbl, text_column, key_columns, embeddings, queue, failed, dim, vocab_size, sparse,
-                              mode, on_failure, sync_timeout_ms)
-    VALUES (tbl, text_column, keys, format('mgte.%I', prefix || '_embeddings')::regclass,
-            format('mgte.%I', prefix || '_queue')::regclass, format('mgte.%I', prefix || '_failed')::regclass,
-            dim, vocab, sparse, mode, on_failure, sync_timeout_ms)
-    RETURNING * INTO cfg;
-    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.embeddings,
-                   format('mgte embeddings of %s.%I (see mgte_enable)', tbl, text_column));
-    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.queue, format('rows of %s waiting for mgte worker', tbl));
-    EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.failed,
-                   format('rows of %s the mgte server rejected; mgte_retry_failed(%L) queues them again', tbl, tbl));
-    EXECUTE format('GRANT SELECT ON %s, %s, %s TO %I', cfg.embeddings, cfg.queue, cfg.failed,
-                   (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = tbl));
-
+    cfg := mgte._provision(cfg);
     IF coalesce(indexes, true) THEN
-        PERFORM @extschema@.mgte_create_indexes(tbl);
+        PERFORM mgte._authorize(tbl);
+        PERFORM mgte._create_indexes(tbl);
     END IF;
-    PERFORM mgte._create_search_view(cfg);
-
-    EXECUTE format('CREATE TRIGGER mgte_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS mgte_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION mgte._on_change()', tbl);
-    -- PostgreSQL allows no column list ("UPDATE OF") with transition tables: the trigger
-    -- compares the texts itself, so updates of other columns queue nothing.
-    EXECUTE format('CREATE TRIGGER mgte_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS mgte_old '
-                   'NEW TABLE AS mgte_new FOR EACH STATEMENT EXECUTE FUNCTION mgte._on_change()', tbl);
-    EXECUTE format('CREATE TRIGGER mgte_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS mgte_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION mgte._on_change()', tbl);
-    EXECUTE format('CREATE TRIGGER mgte_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION mgte._on_change()', tbl);
-
-    -- The rows already there: the triggers above hold the table lock until commit, so no
-    -- row can slip between this and them.
-    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM %s WHERE %I IS NOT NULL',
-                   cfg.queue, mgte._keys(cfg), mgte._keys(cfg), tbl, text_column);
-    PERFORM pg_catalog.pg_notify('mgte', tbl::text);
+    -- The rows already there: the triggers hold the table lock until commit, so no row can
+    -- slip between this and them.
+    EXECUTE format('SELECT %s(false)', mgte._function(cfg, 'requeue'));
     RETURN cfg.embeddings;
 END
 $$;
 
 COMMENT ON FUNCTION mgte_enable(regclass, name, integer, boolean, text, text, integer, boolean) IS
-'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes (unless indexes => false), the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error)';
+'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes (unless indexes => false), the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error). Only the table''s owner may call it; the objects it creates belong to the owner';
 
 CREATE OR REPLACE FUNCTION mgte_create_indexes(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mgte._config(tbl);
+    PERFORM mgte._authorize(tbl);
+    PERFORM mgte._create_indexes(tbl);
+END
+$$;
+
+-- Indexes in schema mgte need its CREATE privilege, which only the installer has. Safe to
+-- build with that role: PostgreSQL builds an index as the table's owner, in a
+-- security-restricted operation, and these index pgvector's types only.
+CREATE OR REPLACE FUNCTION mgte._create_indexes(tbl regclass)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    name text := (SELECT relname FROM pg_catalog.pg_class WHERE oid = cfg.embeddings);
 BEGIN
-    PERFORM mgte._check_owner(tbl);
+    PERFORM mgte._consume_authorization(tbl);
+    PERFORM mgte._create_index_on(mgte._config(tbl));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._create_index_on(cfg mgte.enabled)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name text := mgte._clip((SELECT relname FROM pg_catalog.pg_class WHERE oid = cfg.embeddings), 49);
+BEGIN
     -- The embeddings are L2-normalised, so inner product ranks as cosine does, and faster.
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (embedding %s.vector_ip_ops)',
-                   left(name, 50) || '_embedding_idx', cfg.embeddings, mgte._vector_schema());
+                   name || '_embedding_idx', cfg.embeddings, mgte._vector_schema());
     IF cfg.sparse THEN
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (sparsevec %s.sparsevec_ip_ops)',
-                       left(name, 50) || '_sparsevec_idx', cfg.embeddings, mgte._vector_schema());
+                       name || '_sparsevec_idx', cfg.embeddings, mgte._vector_schema());
     END IF;
 END
 $$;
@@ -331,7 +954,7 @@ COMMENT ON FUNCTION mgte_create_indexes(regclass) IS
 -- <table>_search next to the table, unless that name is taken: SELECT * FROM docs_search
 -- after SET mgte.query = '...' (and mgte.k, 10 by default). It names the table as text,
 -- not as a regclass constant, so that it does not keep DROP TABLE from working.
-CREATE OR REPLACE FUNCTION mgte._create_search_view(cfg mgte.enabled)
+CREATE OR REPLACE FUNCTION mgte._create_search_view(cfg mgte.enabled, owner text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -340,9 +963,12 @@ DECLARE
     rel record;
     view_name text;
 BEGIN
-    SELECT c.relname, n.nspname, pg_catalog.pg_get_userbyid(c.relowner) AS owner INTO rel
+    SELECT c.relname, n.nspname INTO rel
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = cfg.tbl;
-    view_name := format('%I.%I', rel.nspname, left(rel.relname, 56) || '_search');
+    -- A name cut to fit would be another table's too: the oid keeps it apart.
+    view_name := format('%I.%I', rel.nspname, CASE WHEN octet_length(rel.relname) <= 56 THEN rel.relname
+                                                   ELSE mgte._clip(rel.relname, 45) || '_' || cfg.tbl::oid END
+                                              || '_search');
     IF to_regclass(view_name) IS NOT NULL THEN
         RAISE NOTICE 'mgte: % already exists, so no search view was created; use mgte_search(%L, ...)',
             view_name, cfg.tbl::text;
@@ -361,278 +987,40 @@ BEGIN
         cfg.text_column, cfg.tbl::text);
     EXECUTE format('COMMENT ON VIEW %s IS %L', view_name,
                    format('mgte hybrid search of %s: SET mgte.query = ''...'' (and mgte.k), then SELECT from it', cfg.tbl));
-    EXECUTE format('ALTER VIEW %s OWNER TO %I', view_name, rel.owner);
+    EXECUTE format('ALTER VIEW %s OWNER TO %I', view_name, owner);
     UPDATE mgte.enabled e SET search_view = view_name::regclass WHERE e.tbl = cfg.tbl;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION mgte_disable(tbl regclass, keep_embeddings boolean DEFAULT false)
 RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    cfg mgte.enabled;
 BEGIN
-    SELECT * INTO cfg FROM mgte.enabled e WHERE e.tbl = mgte_disable.tbl;
-    IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT FROM mgte.enabled e WHERE e.tbl = mgte_disable.tbl) THEN
         RAISE NOTICE 'table % has no auto-embedding', tbl;
         RETURN;
     END IF;
-    PERFORM mgte._check_owner(tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS mgte_insert ON %1$s; DROP TRIGGER IF EXISTS mgte_update ON %1$s; '
-                   'DROP TRIGGER IF EXISTS mgte_delete ON %1$s; DROP TRIGGER IF EXISTS mgte_truncate ON %1$s', tbl);
-    EXECUTE format('DROP TABLE %s, %s', cfg.queue, cfg.failed);
-    IF cfg.search_view IS NOT NULL THEN
-        EXECUTE format('DROP VIEW IF EXISTS %s', cfg.search_view);
-    END IF;
-    IF NOT coalesce(keep_embeddings, false) THEN
-        EXECUTE format('DROP TABLE %s', cfg.embeddings);
-    END IF;
-    DELETE FROM mgte.enabled e WHERE e.tbl = mgte_disable.tbl;
+    PERFORM mgte._authorize(tbl);
+    PERFORM mgte._unprovision(tbl, coalesce(keep_embeddings, false));
 END
 $$;
 
 COMMENT ON FUNCTION mgte_disable(regclass, boolean) IS
 'stop auto-embedding a table: drops its triggers, queue and failures, and its embeddings unless keep_embeddings';
 
--- The statement-level trigger of every enabled table.
-CREATE OR REPLACE FUNCTION mgte._on_change()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled;
-    keys text;
-    changed text;
-    upsert text;
-    queued bigint;
-BEGIN
-    SELECT * INTO cfg FROM mgte.enabled e WHERE e.tbl = TG_RELID::regclass;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    keys := mgte._keys(cfg);
-
-    IF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format('TRUNCATE %s, %s, %s', cfg.embeddings, cfg.queue, cfg.failed);
-        RETURN NULL;
-    END IF;
-
-    -- Rows gone: deleted, moved to another key, or whose text became NULL.
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        EXECUTE format(
-            'WITH gone AS MATERIALIZED (SELECT %1$s FROM mgte_old %2$s), '
-            'a AS (DELETE FROM %3$s WHERE (%1$s) IN (SELECT %1$s FROM gone)), '
-            'b AS (DELETE FROM %4$s WHERE (%1$s) IN (SELECT %1$s FROM gone)) '
-            'DELETE FROM %5$s WHERE (%1$s) IN (SELECT %1$s FROM gone)',
-            keys,
-            CASE WHEN TG_OP = 'UPDATE'
-                 THEN format('EXCEPT SELECT %s FROM mgte_new WHERE %I IS NOT NULL', keys, cfg.text_column) END,
-            cfg.embeddings, cfg.queue, cfg.failed);
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        RETURN NULL;
-    END IF;
-
-    -- Rows whose text is new: inserted, or updated to a different text.
-    changed := format('SELECT %s, n.%I::text AS mgte_text FROM mgte_new AS n WHERE n.%I IS NOT NULL',
-                      mgte._keys(cfg, 'n'), cfg.text_column, cfg.text_column);
-    IF TG_OP = 'UPDATE' THEN
-        changed := changed || format(
-            ' AND NOT EXISTS (SELECT FROM mgte_old AS o WHERE %s AND o.%I IS NOT DISTINCT FROM n.%I)',
-            mgte._keys_match(cfg, 'o', 'n'), cfg.text_column, cfg.text_column);
-        -- A new text deserves a new try.
-        EXECUTE format('DELETE FROM %s WHERE (%s) IN (SELECT %s FROM (%s) AS c)', cfg.failed, keys, keys, changed);
-    END IF;
-
-    IF cfg.mode = 'sync' THEN
-        -- Embed now; what the server could not do (when on_failure = 'queue') goes to the
-        -- queue. Queue entries of stored rows are removed, which also stops a worker that
-        -- holds one of them from storing an older text.
-        EXECUTE format(
-            'WITH changed AS MATERIALIZED (SELECT c.*, row_number() OVER () AS mgte_ord FROM (%1$s) AS c), '
-            'encoded AS MATERIALIZED (SELECT * FROM mgte._encode('
-            '    (SELECT array_agg(mgte_text ORDER BY mgte_ord) FROM changed), $1, $2, $3, $4, $5)), '
-            'stored AS (%2$s), '
-            'dequeued AS (DELETE FROM %3$s WHERE (%4$s) IN (SELECT %4$s FROM stored)) '
-            'INSERT INTO %3$s AS q (%4$s) SELECT %4$s FROM changed '
-            'WHERE mgte_ord NOT IN (SELECT mgte_ord FROM encoded) '
-            'ON CONFLICT (%4$s) DO UPDATE SET generation = q.generation + 1, enqueued_at = now(), last_error = NULL',
-            changed,
-            mgte._store_statement(cfg, 'SELECT * FROM changed JOIN encoded USING (mgte_ord)'),
-            cfg.queue, keys)
-        USING cfg.dim, cfg.sparse, cfg.vocab_size, cfg.sync_timeout_ms, cfg.on_failure = 'queue';
-    ELSE
-        upsert := format(
-            'INSERT INTO %1$s AS q (%2$s) SELECT %2$s FROM (%3$s) AS c '
-            'ON CONFLICT (%2$s) DO UPDATE SET generation = q.generation + 1, enqueued_at = now(), last_error = NULL',
-            cfg.queue, keys, changed);
-        IF TG_OP = 'INSERT' THEN
-            -- New keys are not queued yet (deletes take their entries along), and a plain
-            -- INSERT costs half as much as the upsert, which stays the fallback.
-            BEGIN
-                EXECUTE format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM (%3$s) AS c', cfg.queue, keys, changed);
-            EXCEPTION WHEN unique_violation THEN
-                EXECUTE upsert;
-            END;
-        ELSE
-            EXECUTE upsert;
-        END IF;
-    END IF;
-    GET DIAGNOSTICS queued = ROW_COUNT;
-    IF queued > 0 THEN
-        PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
--- Sync mode's call to the server: one row per text (mgte_ord counts from 1), in the text
--- forms _store_statement reads. With fall_back, a server that cannot do the work gives no
--- rows and a WARNING instead of an error, and the caller queues the texts.
-CREATE OR REPLACE FUNCTION mgte._encode(
-    texts text[], dim integer, want_sparse boolean, vocab_size integer, timeout_ms integer, fall_back boolean)
-RETURNS TABLE (mgte_ord bigint, mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text, mgte_model text,
-               mgte_text_md5 text, mgte_tokens integer, mgte_truncated boolean)
-LANGUAGE plpython3u VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $python$
-#MGTE_IMPORT
-return mgte.encode_rows(plpy, GD, texts, dim, want_sparse, vocab_size, timeout_ms, fall_back)
-$python$;
-
--- The worker's side of the queue. Claims up to batch_size rows that no live lease holds,
--- leases them, and returns their keys (as jsonb), generation and text. Queue entries
--- whose row is gone or whose text is NULL are dropped on the way.
-CREATE OR REPLACE FUNCTION mgte._claim(tbl regclass, batch_size integer, lease_seconds double precision)
-RETURNS TABLE (key jsonb, generation bigint, attempts integer, body text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    keys text := mgte._keys(cfg);
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'WITH picked AS ('
-        '    SELECT %1$s, s.%2$I::text AS mgte_body FROM %3$s AS q LEFT JOIN %4$s AS s ON %5$s '
-        '    WHERE q.leased_until IS NULL OR q.leased_until < now() '
-        '    LIMIT $1 FOR UPDATE OF q SKIP LOCKED), '
-        'claimed AS ('
-        '    UPDATE %3$s AS q SET leased_until = now() + $2 * interval ''1 second'', attempts = q.attempts + 1 '
-        '    FROM picked AS p WHERE %6$s AND p.mgte_body IS NOT NULL '
-        '    RETURNING %7$s, q.generation, q.attempts, p.mgte_body), '
-        'orphans AS (DELETE FROM %3$s AS q USING picked AS p WHERE %6$s AND p.mgte_body IS NULL) '
-        'SELECT %8$s, c.generation, c.attempts, c.mgte_body FROM claimed AS c',
-        mgte._keys(cfg, 'q'), cfg.text_column, cfg.queue, cfg.tbl, mgte._keys_match(cfg, 's', 'q'),
-        mgte._keys_match(cfg, 'q', 'p'), mgte._keys(cfg, 'q'), mgte._key_object(cfg, 'c'))
-    USING batch_size, lease_seconds;
-END
-$$;
-
--- The start of a statement that settles claimed rows, given as $1, an array of objects with
--- the key columns, mgte_generation and `fields`: the CTE "done" deletes the queue entries
--- that still have the generation claimed and returns their keys and attempts; the others
--- (their text changed meanwhile) are released, to be claimed again for the newer text.
-CREATE OR REPLACE FUNCTION mgte._settle_statement(cfg mgte.enabled, fields text)
-RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT format(
-        'WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1) AS r(%1$s, mgte_generation bigint, %2$s)), '
-        'done AS (DELETE FROM %3$s AS q USING r WHERE %4$s AND q.generation = r.mgte_generation '
-        '    RETURNING %5$s, q.attempts), '
-        'released AS (UPDATE %3$s AS q SET leased_until = NULL FROM r '
-        '    WHERE %4$s AND q.generation <> r.mgte_generation) ',
-        mgte._key_definitions(cfg), fields, cfg.queue, mgte._keys_match(cfg, 'q', 'r'), mgte._keys(cfg, 'q'))
-$$;
-
--- Stores the results of claimed rows (the mgte_* fields of _store_statement); returns how
--- many were stored.
-CREATE OR REPLACE FUNCTION mgte._complete(tbl regclass, results jsonb)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    stored bigint;
-BEGIN
-    EXECUTE mgte._settle_statement(cfg, 'mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text, '
-                                        'mgte_model text, mgte_text_md5 text, mgte_tokens integer, mgte_truncated boolean')
-        || format(', stored AS (%s) SELECT count(*) FROM stored',
-                  mgte._store_statement(cfg, format('SELECT r.* FROM r JOIN done USING (%s)', mgte._keys(cfg))))
-    INTO stored USING results;
-    RETURN stored;
-END
-$$;
-
--- Moves claimed rows the server rejected (mgte_text_md5, mgte_error) to the dead-letter
--- table; returns how many.
-CREATE OR REPLACE FUNCTION mgte._fail(tbl regclass, failures jsonb)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    keys text := mgte._keys(cfg);
-    failed bigint;
-BEGIN
-    EXECUTE mgte._settle_statement(cfg, 'mgte_text_md5 text, mgte_error text') || format(
-        ', moved AS (INSERT INTO %1$s AS f (%2$s, text_md5, attempts, error) '
-        '    SELECT %3$s, r.mgte_text_md5, done.attempts, r.mgte_error FROM r JOIN done USING (%2$s) '
-        '    ON CONFLICT (%2$s) DO UPDATE SET text_md5 = EXCLUDED.text_md5, attempts = EXCLUDED.attempts, '
-        '        error = EXCLUDED.error, failed_at = now() RETURNING 1) '
-        'SELECT count(*) FROM moved',
-        cfg.failed, keys, mgte._keys(cfg, 'r'))
-    INTO failed USING failures;
-    RETURN failed;
-END
-$$;
-
--- Gives claimed rows back after a transient failure (server down, overloaded, timed out),
--- recording why: keys is an array of key objects.
-CREATE OR REPLACE FUNCTION mgte._release(tbl regclass, keys jsonb, error text)
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-BEGIN
-    EXECUTE format(
-        'UPDATE %s AS q SET leased_until = NULL, last_error = $2 '
-        'FROM jsonb_to_recordset($1) AS r(%s) WHERE %s',
-        cfg.queue, mgte._key_definitions(cfg), mgte._keys_match(cfg, 'q', 'r'))
-    USING keys, error;
-END
-$$;
-
-REVOKE ALL ON FUNCTION mgte._claim(regclass, integer, double precision), mgte._complete(regclass, jsonb),
-    mgte._fail(regclass, jsonb), mgte._release(regclass, jsonb, text) FROM PUBLIC;
-
 CREATE OR REPLACE FUNCTION mgte_retry_failed(tbl regclass)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled := mgte._config(tbl);
-    keys text := mgte._keys(cfg);
     moved bigint;
 BEGIN
     PERFORM mgte._check_owner(tbl);
-    EXECUTE format(
-        'WITH back AS (DELETE FROM %1$s RETURNING %2$s) '
-        'INSERT INTO %3$s AS q (%2$s) SELECT %2$s FROM back '
-        'ON CONFLICT (%2$s) DO UPDATE SET generation = q.generation + 1, enqueued_at = now(), last_error = NULL',
-        cfg.failed, keys, cfg.queue);
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
+    EXECUTE format('SELECT %s(true)', mgte._function(cfg, 'requeue')) INTO moved;
     RETURN moved;
 END
 $$;
@@ -640,37 +1028,170 @@ $$;
 COMMENT ON FUNCTION mgte_retry_failed(regclass) IS
 'queue the rows of a table that the mgte server rejected (its dead letters) again; returns how many';
 
+-- Lets `reader` search a table: SELECT on the table, its embeddings and its search view.
+CREATE OR REPLACE FUNCTION mgte_grant_search(tbl regclass, reader name)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled := mgte._config(tbl);
+BEGIN
+    PERFORM mgte._check_owner(tbl);
+    EXECUTE format('GRANT SELECT ON %s, %s TO %I', cfg.tbl, cfg.embeddings, reader);
+    IF cfg.search_view IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT ON %s TO %I', cfg.search_view, reader);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION mgte_grant_search(regclass, name) IS
+'let a role search a table with mgte_search and its search view: grants SELECT on the table, its embeddings and the view (REVOKE them to undo); the role also needs USAGE on the table''s schema';
+
+-- The counts come from each table's _status function, so a role sees the tables whose
+-- queue it may read: their owners, and the worker role.
 CREATE OR REPLACE FUNCTION mgte_status(tbl regclass DEFAULT NULL)
-RETURNS TABLE (table_name regclass, text_column name, mode text, pending bigint, in_progress bigint,
-               failed bigint, oldest_pending interval, last_embedded timestamptz, embedded_last_minute bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+RETURNS TABLE (table_name regclass, text_column name, mode text, model text, pending bigint, in_progress bigint,
+               failed bigint, oldest_pending interval, last_embedded timestamptz, embedded_last_minute bigint,
+               reembed_model text, reembed_pending bigint, reembed_stored bigint)
+LANGUAGE plpgsql STABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled;
+    upcoming mgte.enabled;
 BEGIN
     FOR cfg IN SELECT * FROM mgte.enabled e
                WHERE (mgte_status.tbl IS NULL OR e.tbl = mgte_status.tbl)
-                 AND pg_catalog.has_table_privilege(session_user, e.tbl, 'SELECT')
+                 AND pg_catalog.has_function_privilege(mgte._function(e, 'status', true), 'EXECUTE')
                ORDER BY e.tbl::text
     LOOP
         table_name := cfg.tbl;
         text_column := cfg.text_column;
         mode := cfg.mode;
-        EXECUTE format('SELECT count(*) FILTER (WHERE leased_until IS NULL OR leased_until < now()), '
-                       'count(*) FILTER (WHERE leased_until >= now()), now() - min(enqueued_at) FROM %s', cfg.queue)
-            INTO pending, in_progress, oldest_pending;
-        EXECUTE format('SELECT count(*) FROM %s', cfg.failed) INTO failed;
-        EXECUTE format('SELECT max(embedded_at) FROM %s', cfg.embeddings) INTO last_embedded;
-        EXECUTE format('SELECT count(*) FROM %s WHERE embedded_at > now() - interval ''1 minute''', cfg.embeddings)
-            INTO embedded_last_minute;
+        model := cfg.model;
+        EXECUTE format('SELECT * FROM %s()', mgte._function(cfg, 'status'))
+            INTO pending, in_progress, failed, oldest_pending, last_embedded, embedded_last_minute;
+        upcoming := mgte._next_set(cfg.tbl);
+        reembed_model := upcoming.model;
+        reembed_pending := NULL;
+        reembed_stored := NULL;
+        IF upcoming.prefix IS NOT NULL THEN
+            EXECUTE format('SELECT s.pending + s.in_progress, (SELECT count(*) FROM %s) FROM %s() AS s',
+                           upcoming.embeddings, mgte._function(upcoming, 'status'))
+                INTO reembed_pending, reembed_stored;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION mgte_status(regclass) IS
-'auto-embedding progress of each enabled table (or one): rows pending and in progress, dead letters, age of the oldest pending row, last embedding stored, embeddings stored in the last minute';
+'auto-embedding progress of each enabled table (or one) whose owner you are: the model of its stored embeddings, rows pending and in progress, dead letters, age of the oldest pending row, last embedding stored, embeddings stored in the last minute, and while it is re-embedded (mgte_reembed) the new model, the rows it still has to embed and those it has stored';
+
+-- Re-embeds a table with another model without a gap: a second set of embeddings fills
+-- (run `mgte worker --socket` at a server that serves `model`) while searches keep using
+-- the first; when it is complete it takes over in one transaction, and mgte_status shows
+-- the new model. Point mgte.socket_path at the new server then.
+CREATE OR REPLACE FUNCTION mgte_reembed(tbl regclass, model text DEFAULT NULL)
+RETURNS regclass
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled := mgte._config(tbl);
+    info jsonb;
+    upcoming mgte.enabled := mgte._next_set(tbl);
+BEGIN
+    PERFORM mgte._check_owner(tbl);
+    IF upcoming.prefix IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is already being re-embedded with model %', tbl, upcoming.model
+            USING ERRCODE = 'object_in_use', HINT = 'mgte_status(table) shows its progress';
+    END IF;
+    IF model IS NULL THEN
+        info := @extschema@.mgte_info() -> 'model';
+        model := info ->> 'id';
+        IF (info ->> 'hidden_size')::integer < cfg.dim THEN
+            RAISE EXCEPTION 'the served model % has % dimensions, fewer than the % of table %', model,
+                info ->> 'hidden_size', cfg.dim, tbl USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF model = cfg.model THEN
+        RAISE EXCEPTION 'the embeddings of % are made by model % already', tbl, model
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'name the new model: mgte_reembed(table, model => ''...''), as `mgte info` shows it';
+    END IF;
+    PERFORM mgte._authorize(tbl);
+    upcoming := mgte._start_reembed(tbl, model);
+    EXECUTE format('SELECT %s(false)', mgte._function(upcoming, 'requeue'));
+    RETURN upcoming.embeddings;
+END
+$$;
+
+COMMENT ON FUNCTION mgte_reembed(regclass, text) IS
+'re-embed a table with another model (by default the one this session''s server serves) into a second set of embeddings, while searches keep using the first; it takes over once complete. Run mgte worker at a server with the new model; mgte_status shows the progress';
+
+-- Sync mode's and the searches' call to the server: one row per text (mgte_ord counts
+-- from 1), in the text forms the per-table functions store. With fall_back, a server that
+-- cannot do the work gives no rows and a WARNING instead of an error, and the caller queues
+-- the texts. A served model other than `model` (when given) is such a failure too.
+CREATE OR REPLACE FUNCTION mgte._encode(
+    texts text[], dim integer, want_sparse boolean, vocab_size integer, timeout_ms integer, fall_back boolean,
+    model text)
+RETURNS TABLE (mgte_ord bigint, mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text, mgte_model text,
+               mgte_tokens integer, mgte_truncated boolean)
+LANGUAGE plpython3u VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#MGTE_IMPORT
+return mgte.encode_rows(plpy, GD, texts, dim, want_sparse, vocab_size, timeout_ms, fall_back, model)
+$python$;
+
+-- The socket this session's model functions use: what the session set (SET
+-- mgte.socket_path) for superusers and members of mgte_choose_socket; for everyone else
+-- the DBA's setting for the role and database, the role, the database or the cluster, in
+-- PostgreSQL's own order of precedence.
+CREATE OR REPLACE FUNCTION mgte._socket_path()
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Superusers have every role.
+    IF pg_catalog.pg_has_role(current_user, 'mgte_choose_socket', 'USAGE') THEN
+        RETURN nullif(pg_catalog.current_setting('mgte.socket_path', true), '');
+    END IF;
+    RETURN mgte._configured_socket_path();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._configured_socket_path()
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        (SELECT substr(s.setting, length('mgte.socket_path=') + 1)
+         FROM pg_catalog.pg_db_role_setting d, unnest(d.setconfig) WITH ORDINALITY AS s(setting, n)
+         WHERE s.setting LIKE 'mgte.socket\_path=%'
+           AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+           AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))
+         -- role in database, then role, then database
+         ORDER BY d.setrole = 0, d.setdatabase = 0
+         LIMIT 1),
+        (SELECT f.setting FROM pg_catalog.pg_file_settings f
+         WHERE f.name = 'mgte.socket_path' AND f.applied AND f.error IS NULL
+         ORDER BY f.seqno DESC LIMIT 1))
+$$;
+
+-- _provision and _unprovision stay executable by all: the table owners' calls of
+-- mgte_enable and mgte_disable reach them, and they act only on a proof of ownership.
+REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects(mgte.enabled, boolean),
+    mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
+    mgte._create_index_on(mgte.enabled),
+    mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
+
+-- --- Event triggers ---------------------------------------------------------------------
 
 -- A dropped table takes its mgte objects along.
 CREATE OR REPLACE FUNCTION mgte._on_drop()
@@ -685,14 +1206,48 @@ BEGIN
                JOIN pg_catalog.pg_event_trigger_dropped_objects() d ON d.objid = e.tbl::oid
                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
     LOOP
-        EXECUTE format('DROP TABLE IF EXISTS %s, %s, %s', cfg.embeddings, cfg.queue, cfg.failed);
-        IF cfg.search_view IS NOT NULL THEN
-            EXECUTE format('DROP VIEW IF EXISTS %s', cfg.search_view);
-        END IF;
-        DELETE FROM mgte.enabled e WHERE e.tbl::oid = cfg.tbl::oid;
+        PERFORM mgte._drop_objects(cfg, false);
     END LOOP;
 END
 $$;
 
 DROP EVENT TRIGGER IF EXISTS mgte_drop;
 CREATE EVENT TRIGGER mgte_drop ON sql_drop EXECUTE FUNCTION mgte._on_drop();
+
+-- A table's mgte objects follow it to a new owner (ALTER TABLE ... OWNER TO), so that its
+-- functions run with the new owner's rights and the old owner keeps none.
+CREATE OR REPLACE FUNCTION mgte._on_alter()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled;
+    owner text;
+    fn text;
+BEGIN
+    FOR cfg IN
+        SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
+        JOIN pg_catalog.pg_class t ON t.oid = s.tbl
+        JOIN pg_catalog.pg_class q ON q.oid = s.queue
+        WHERE t.relowner <> q.relowner
+    LOOP
+        owner := (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl);
+        -- The queue first: these statements fire this trigger again, which must find
+        -- nothing left to do.
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.queue, owner);
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.embeddings, owner);
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.failed, owner);
+        FOR fn IN SELECT unnest(mgte._function_names()) LOOP
+            EXECUTE format('ALTER FUNCTION %s OWNER TO %I', mgte._function(cfg, fn, true), owner);
+        END LOOP;
+        IF cfg.search_view IS NOT NULL THEN
+            EXECUTE format('ALTER VIEW %s OWNER TO %I', cfg.search_view, owner);
+        END IF;
+    END LOOP;
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS mgte_alter;
+CREATE EVENT TRIGGER mgte_alter ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION mgte._on_alter();

@@ -198,7 +198,7 @@ BEGIN
         RAISE EXCEPTION 'the search query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     SELECT e.mgte_embedding::text, e.mgte_sparse, e.mgte_sparsevec INTO q_dense, q_sparse, q_sparsevec
-    FROM mgte._encode(ARRAY[query], cfg.dim, cfg.sparse, cfg.vocab_size, NULL, false) AS e;
+    FROM mgte._encode(ARRAY[query], cfg.dim, cfg.sparse, cfg.vocab_size, NULL, false, cfg.model) AS e;
 END
 $$;
 

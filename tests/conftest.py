@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from safetensors.torch import load_file, save_file
 
 from mgte import tiny
 from mgte.client import Client
@@ -125,3 +127,18 @@ def db(cluster: Cluster, server: ServerProcess) -> Iterator[psycopg.Connection[t
     with psycopg.connect(cluster.conninfo(TEST_DB), autocommit=True) as conn:
         conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(server.socket)])
         yield conn
+
+
+def small_vocab_checkpoint(source: Path, target: Path, vocab_size: int) -> Path:
+    """`source` with its embedding table cut to `vocab_size` rows, its tokenizer left whole: the
+    model fails on every text holding a token beyond the table, as a broken checkpoint or
+    device would, and works on the others."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["vocab_size"] = vocab_size
+    (target / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(target / "model.safetensors"))
+    table = "gte.embeddings.word_embeddings.weight"
+    weights[table] = weights[table][:vocab_size].clone()
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from mgte.client import Client
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
-from tests.conftest import Checkpoints, shared_tempdir, start_server
+from tests.conftest import Checkpoints, running_server, shared_tempdir, small_vocab_checkpoint, start_server
 from tests.databases import Database, database, done, stop, wait_until
 
 
@@ -50,7 +51,7 @@ def make_docs(db: Database, rows: int, table: str = "docs", words: int = 0, enab
 def assert_all_embedded(db: Database, rows: int, table: str = "docs", check_vectors: int | None = None) -> None:
     """Every row stored once, from its current text; `check_vectors` rows (all by default)
     also equal mgte_embed() of that text."""
-    embeddings = f"mgte.{table}_embeddings"
+    embeddings = db.one("SELECT embeddings::text FROM mgte.enabled WHERE tbl = %s::regclass", table)
     assert db.one(f"SELECT count(*) FROM {embeddings}") == rows
     assert db.one(f"SELECT count(*) FROM {table} d JOIN {embeddings} e USING (id) "
                   "WHERE e.text_md5 = md5(d.body)") == rows
@@ -217,13 +218,13 @@ def test_server_killed_mid_backlog(cluster: Cluster, own_server: ServerProcess, 
 
 def test_worker_killed_mid_batch_its_lease_expires_and_another_finishes(db: Database) -> None:
     make_docs(db, 400, words=400)  # long texts: a batch takes a while
-    first = db.start_worker("--batch-size", "100", "--lease-seconds", "3")
+    first = db.start_worker("--batch-size", "100", "--timeout-seconds", "5", "--lease-seconds", "6")
     wait_until(lambda: db.status("docs")["in_progress"] > 0, "the first worker holds a lease", timeout=60)
     first.kill()
     first.wait()
     leased = db.status("docs")["in_progress"]
     assert leased > 0
-    second = db.start_worker("--batch-size", "100", "--lease-seconds", "3")
+    second = db.start_worker("--batch-size", "100", "--timeout-seconds", "5", "--lease-seconds", "6")
     wait_until(lambda: done(db), "the second worker finishes")
     stop(second)
     assert_all_embedded(db, 400, check_vectors=50)
@@ -270,6 +271,33 @@ def test_poison_row_goes_to_the_dead_letters_and_the_rest_is_stored(
         strict.stop()
 
 
+def test_a_broken_model_is_the_servers_fault_not_the_texts(
+        cluster: Cluster, checkpoints: Checkpoints, tmp_path: Path) -> None:
+    """The model fails on some texts (a token past its embedding table): the batch is split,
+    the rest stored, and a text that fails alone goes to the dead letters only after
+    --max-attempts tries, each counted; the server's fault is never taken for bad input at once."""
+    broken = small_vocab_checkpoint(checkpoints.embedding_native, tmp_path / "small-vocab", vocab_size=1000)
+    server = start_server(broken, "--device", "cpu", socket_dir=shared_tempdir("mgte-broken-"))
+    try:
+        with database(cluster, server.socket) as db:
+            db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+            db.conn.execute("SELECT mgte_enable('docs', 'body')")
+            # Tokens 10, 876 and 501 only ("a b c"), but for rows 7 and 13.
+            db.conn.execute("INSERT INTO docs SELECT g, CASE WHEN g IN (7, 13) THEN '北京欢迎你 ' || g "
+                            "ELSE 'a b c' || repeat(' a', g) END FROM generate_series(1, 20) g")
+            db.start_worker("--batch-size", "10", "--max-attempts", "3")
+            wait_until(lambda: done(db) and db.status("docs")["failed"] == 2, "the good rows are stored")
+            assert db.one("SELECT count(*) FROM mgte.docs_embeddings") == 18
+            assert db.conn.execute("SELECT id, attempts FROM mgte.docs_failed ORDER BY id").fetchall() == [
+                (7, 3), (13, 3)]
+            assert all("IndexError" in error for (error,) in db.conn.execute("SELECT error FROM mgte.docs_failed"))
+            logs = db.worker_logs()
+            assert "failed alone (attempt 1 of 3)" in logs and "failed alone (attempt 2 of 3)" in logs
+            assert "failed alone 3 times" in logs
+    finally:
+        server.stop()
+
+
 def test_updates_re_embed_only_a_changed_text(db: Database) -> None:
     make_docs(db, 20)
     worker = db.start_worker()
@@ -289,16 +317,48 @@ def test_updates_re_embed_only_a_changed_text(db: Database) -> None:
     stop(worker)
 
 
-def test_updates_racing_the_worker_end_with_the_final_text(db: Database) -> None:
-    make_docs(db, 200)
-    db.start_worker("--batch-size", "20")
-    db.start_worker("--batch-size", "20")
-    for round_ in range(15):
-        db.conn.execute("UPDATE docs SET body = 'round ' || %s || ' of ' || id WHERE id %% 3 = %s",
-                        [round_, round_ % 3])
-        time.sleep(0.05)
-    wait_until(lambda: done(db), "the last texts are embedded")
-    assert_all_embedded(db, 200)
+def test_writes_racing_two_workers_and_a_killed_server_end_with_the_final_texts(
+        cluster: Cluster, own_server: ServerProcess, checkpoints: Checkpoints) -> None:
+    """Randomized: whatever the interleaving, every row ends with the embedding of its final
+    text, the queue empties, and it does so soon after the last write (not a lease later)."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    with database(cluster, own_server.socket) as db:
+        make_docs(db, 200)
+        db.start_worker("--batch-size", "20")
+        db.start_worker("--batch-size", "20")
+        server = own_server
+        for round_ in range(15):
+            if round_ == 5:
+                server.process.kill()  # SIGKILL: batches in flight fail, the socket file stays
+                server.process.wait()
+            if round_ == 9:
+                server = restart(own_server, checkpoints)
+            ids = rng.sample(range(1, 201), 30)
+            kind = rng.choice(["update", "reinsert", "null"])
+            if kind == "update":
+                db.conn.execute("UPDATE docs SET body = 'round ' || %s || ' of ' || id WHERE id = ANY(%s)",
+                                [round_, ids])
+            elif kind == "reinsert":
+                with db.conn.transaction():
+                    db.conn.execute("DELETE FROM docs WHERE id = ANY(%s)", [ids])
+                    db.conn.execute("INSERT INTO docs (id, body) SELECT id, CASE WHEN id %% 2 = 0 "
+                                    "THEN 'document ' || id ELSE 'reborn in round ' || %s END "
+                                    "FROM unnest(%s::int[]) id", [round_, ids])
+            else:
+                db.conn.execute("UPDATE docs SET body = NULL WHERE id = ANY(%s)", [ids])
+                db.conn.execute("UPDATE docs SET body = 'back in round ' || %s WHERE id = ANY(%s)", [round_, ids])
+            time.sleep(rng.uniform(0, 0.2))  # lets the workers run in between; no order is assumed
+        last_write = time.monotonic()
+        try:
+            wait_until(lambda: done(db), f"the last texts are embedded (seed {seed})", timeout=120)
+            settled_after = time.monotonic() - last_write
+            assert_all_embedded(db, 200)
+            # Far less than the lease (660 s): a changed text is not left behind a lease.
+            assert settled_after < 60, f"took {settled_after:.0f} s (seed {seed})"
+            assert db.status("docs")["failed"] == 0, db.worker_logs()
+        finally:
+            server.stop()
 
 
 def test_deleted_rows_leave_the_queue_and_truncate_empties_it(db: Database) -> None:
@@ -318,7 +378,7 @@ def test_copy_is_queued_by_one_trigger_call(db: Database) -> None:
             for i in range(20000):
                 copy.write_row((i, f"copied row {i}"))
         calls = db.one("SELECT calls FROM pg_stat_xact_user_functions WHERE schemaname = 'mgte' "
-                       "AND funcname = '_on_change'")
+                       "AND funcname = 'docs_on_change'")
     assert calls == 1
     assert db.status("docs")["pending"] == 20000
 
@@ -397,6 +457,95 @@ def test_dump_and_restore_keep_auto_embedding_working(cluster: Cluster, db: Data
         restored.start_worker()
         wait_until(lambda: done(restored), "the restored queue is embedded")
         assert_all_embedded(restored, 21)
+
+
+def test_a_model_change_stops_storing_with_one_clear_error(
+        cluster: Cluster, own_server: ServerProcess, checkpoints: Checkpoints) -> None:
+    with database(cluster, own_server.socket) as db:
+        make_docs(db, 10)
+        db.start_worker()
+        wait_until(lambda: done(db), "embedded")
+        table_model = db.one("SELECT model FROM mgte.enabled")
+        assert table_model == str(checkpoints.embedding_native) and db.status("docs")["model"] == table_model
+        own_server.stop()
+        other = start_server(checkpoints.embedding_original, socket_dir=own_server.socket.parent)
+        try:
+            served = str(checkpoints.embedding_original)
+            db.conn.execute("UPDATE docs SET body = 'changed under another model' WHERE id = 1")
+            wait_until(lambda: "nothing is stored for this table" in db.worker_logs(), "the worker says why")
+            line = next(x for x in db.worker_logs().splitlines() if "nothing is stored for this table" in x)
+            assert served in line and table_model in line and "mgte_reembed" in line
+            status = db.status("docs")
+            assert (status["pending"], status["in_progress"], status["failed"]) == (1, 0, 0)
+            assert db.one("SELECT text_md5 = md5('document 1') FROM mgte.docs_embeddings WHERE id = 1")
+
+            db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync', on_failure => 'error')")
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("INSERT INTO docs (id, body) VALUES (11, 'sync under another model')")
+            assert raised.value.sqlstate == "55000"
+            assert served in str(raised.value) and table_model in str(raised.value)
+            db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'sync', on_failure => 'queue')")
+            warnings: list[str] = []
+            db.conn.add_notice_handler(lambda diag: warnings.append(str(diag.message_primary)))
+            db.conn.execute("INSERT INTO docs (id, body) VALUES (11, 'sync under another model')")
+            assert any("queued for `mgte worker`" in w and served in w for w in warnings)
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("SELECT * FROM mgte_search('docs', 'document')")
+            assert raised.value.sqlstate == "55000"
+            assert db.one("SELECT count(*) FROM mgte.docs_embeddings WHERE model <> %s", table_model) == 0
+        finally:
+            other.stop()
+        back = restart(own_server, checkpoints)
+        try:
+            wait_until(lambda: done(db), "the table's own model is back and the queue drains")
+            assert_all_embedded(db, 11)
+        finally:
+            back.stop()
+
+
+def test_reembed_fills_a_second_set_and_swaps_when_complete(
+        cluster: Cluster, own_server: ServerProcess, checkpoints: Checkpoints) -> None:
+    with database(cluster, own_server.socket) as db:
+        make_docs(db, 30)
+        db.start_worker()
+        wait_until(lambda: done(db), "embedded with the first model")
+        old_model, new_model = str(checkpoints.embedding_native), str(checkpoints.embedding_original)
+        assert db.status("docs")["model"] == old_model
+        with running_server(checkpoints.embedding_original) as new_server:
+            db.conn.execute("SELECT mgte_reembed('docs', model => %s)", [new_model])
+            status = db.status("docs")
+            assert (status["model"], status["reembed_model"], status["reembed_pending"], status["reembed_stored"]) \
+                == (old_model, new_model, 30, 0)
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("SELECT mgte_reembed('docs', model => %s)", [new_model])
+            assert raised.value.sqlstate == "55006"
+            # Searches keep using the first set, and writes reach both.
+            assert len(db.conn.execute("SELECT * FROM mgte_search('docs', 'document', k => 5)").fetchall()) == 5
+            db.conn.execute("UPDATE docs SET body = 'changed during the re-embedding' WHERE id = 1")
+            db.conn.execute("INSERT INTO docs (id, body) VALUES (31, 'inserted during the re-embedding')")
+            db.conn.execute("DELETE FROM docs WHERE id = 2")
+            assert db.status("docs")["reembed_pending"] == 30
+            db.start_worker("--socket", str(new_server.socket))
+            wait_until(lambda: db.one("SELECT model FROM mgte.enabled") == new_model, "the second set takes over")
+            status = db.status("docs")
+            assert (status["reembed_model"], status["failed"]) == (None, 0)
+            assert db.one("SELECT count(*) FROM mgte.reembeddings") == 0
+            assert db.one("SELECT count(*) FROM pg_class WHERE relnamespace = 'mgte'::regnamespace "
+                          "AND relname LIKE 'docs%%' AND relkind = 'r'") == 3  # the first set is gone
+            assert {row[0] for row in db.conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass").fetchall()} == {
+                "mgte_insert", "mgte_update", "mgte_delete", "mgte_truncate"}
+            # The first model's server may no longer store or search here...
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("SELECT * FROM mgte_search('docs', 'document')")
+            assert raised.value.sqlstate == "55000"
+            # ...the new one does.
+            db.conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(new_server.socket)])
+            wait_until(lambda: done(db), "the queue is empty")
+            assert_all_embedded(db, 30)
+            embeddings = db.one("SELECT embeddings::text FROM mgte.enabled")
+            assert db.one(f"SELECT count(*) FROM {embeddings} WHERE model = %s", new_model) == 30
+            assert len(db.conn.execute("SELECT * FROM mgte_search('docs', 'document', k => 5)").fetchall()) == 5
 
 
 # --- sync mode ------------------------------------------------------------------------

@@ -10,10 +10,11 @@ import torch
 from mgte.batcher import MIN_FILL, Batcher, Job, _Item
 from mgte.checkpoint import load_checkpoint
 from mgte.runtime import Embedder, EmbeddingOutput
-from mgte_udf.errors import Overloaded, ServerError, ShuttingDown
+from mgte_udf.errors import ModelFailed, Overloaded, ShuttingDown
 from tests.conftest import Checkpoints
 
 POISON = 99999  # a token id that makes the model below fail
+OUT_OF_MEMORY = 99998  # one that makes it run out of device memory
 
 
 class PoisonedEmbedder(Embedder):
@@ -22,6 +23,8 @@ class PoisonedEmbedder(Embedder):
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
         if any(POISON in ids for ids in batch):
             raise RuntimeError("simulated device failure")
+        if any(OUT_OF_MEMORY in ids for ids in batch):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return super().forward(batch)
 
 
@@ -60,15 +63,20 @@ def test_full_queue_is_refused_at_once(embedder: Embedder) -> None:
     assert batcher.queued() == 5
 
 
-def test_a_failing_batch_fails_its_jobs_only(embedder: Embedder) -> None:
+def test_a_failing_batch_fails_its_jobs_only_as_a_server_fault(embedder: Embedder) -> None:
     batcher = Batcher(max_batch_tokens=3, max_queued=100)  # one 3-token sequence per batch
     bad = batcher.submit(embedder, [[0, 5, 2], [0, POISON, 2]])
     good = batcher.submit(embedder, [[0, 6, 2], [0, 7, 2]])
+    starved = batcher.submit(embedder, [[0, OUT_OF_MEMORY, 2]])
     batcher.start()
-    with pytest.raises(ServerError, match="simulated device failure"):
+    with pytest.raises(ModelFailed, match="simulated device failure") as failed:
         bad.result(timeout=30)
+    assert failed.value.code == "model_failed" and failed.value.input_fault is False
+    with pytest.raises(ModelFailed, match="ran out of device memory") as out_of_memory:
+        starved.result(timeout=30)
+    assert out_of_memory.value.hint is not None and "--max-batch-tokens" in out_of_memory.value.hint
     assert len(good.result(timeout=30)) == 2
-    assert batcher.counters.failed_batches == 1
+    assert batcher.counters.failed_batches == 2
     after = batcher.submit(embedder, [[0, 8, 2]])
     assert len(after.result(timeout=30)) == 1  # the model thread lives on
     batcher.stop()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
 
 from mgte_udf import protocol
-from mgte_udf.errors import InputRejected, Overloaded, ProtocolMismatch, ServerError, TooLarge
+from mgte_udf.errors import (
+    ERRORS_BY_CODE,
+    InputRejected,
+    ModelFailed,
+    Overloaded,
+    ProtocolMismatch,
+    ServerError,
+    TooLarge,
+)
 
 
 def test_frame_roundtrip() -> None:
@@ -36,14 +45,44 @@ def test_header_must_be_a_json_object(body: bytes) -> None:
 
 
 def test_error_replies_become_the_matching_exception() -> None:
-    for error in (Overloaded("full", hint="later"), TooLarge("big"), ServerError("boom")):
+    for error in (Overloaded("full", hint="later"), TooLarge("big"), ServerError("boom"), ModelFailed("oom")):
         header = protocol.error_header(error)
         with pytest.raises(type(error)) as raised:
             protocol.raise_for_error(header)
+        assert type(raised.value) is type(error)
         assert str(raised.value) == str(error) and raised.value.hint == error.hint
     with pytest.raises(ServerError):
         protocol.raise_for_error({"ok": False, "error": {"code": "from-the-future", "message": "?"}})
     protocol.raise_for_error({"ok": True})
+
+
+def test_every_error_answer_says_whose_fault_it_is() -> None:
+    input_codes = {"bad_request", "too_large", "unsupported"}  # the protocol's docstring names these
+    assert input_codes < ERRORS_BY_CODE.keys() and "model_failed" in ERRORS_BY_CODE
+    for code, cls in ERRORS_BY_CODE.items():
+        error = protocol.error_header(cls("x"))["error"]
+        assert error["code"] == code
+        assert error["fault"] == ("input" if code in input_codes else "server"), code
+        assert cls.input_fault is (code in input_codes), code
+
+
+def test_response_limits_admit_the_largest_real_answer() -> None:
+    texts = ["x", "y"]
+    request = {"op": "embed", "texts": texts, "dense": True, "sparse": True, "sparse_ids": True, "dim": None}
+    max_json, max_payload = protocol.response_limits(request)
+    # Every input cut to MAX_TOKENS distinct tokens of long multi-byte strings (with a control
+    # character, which JSON escapes to six bytes), every per-input number at its widest.
+    tokens = [f"\x01{i:05d}{'語' * 12}" for i in range(protocol.MAX_TOKENS)]
+    header = {"ok": True, "count": 2, "model": "m" * 1000, "tokens": [10**12] * 2, "truncated": [0, 1],
+              "dim": protocol.MAX_DIM, "sparse_tokens": [tokens] * 2, "sparse_ids_nnz": [protocol.MAX_TOKENS] * 2,
+              "sparse_dimensions": 250048}
+    assert len(json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()) <= max_json
+    assert max_payload == len(texts) * (4 * protocol.MAX_DIM + 4 * protocol.MAX_TOKENS + 8 * protocol.MAX_TOKENS)
+    # Each output that is not asked for adds nothing.
+    assert protocol.response_limits({**request, "sparse": False, "sparse_ids": False}) == (
+        protocol.RESPONSE_JSON_BASE + 2 * 4 * protocol.MAX_NUMBER_JSON, 2 * 4 * protocol.MAX_DIM)
+    assert protocol.response_limits({"op": "rerank", "query": "q", "documents": ["a"] * 3})[1] == 12
+    assert protocol.response_limits({"op": "health"}) == (protocol.RESPONSE_JSON_BASE, 0)
 
 
 def test_unpack_checks_the_payload_length() -> None:

@@ -128,7 +128,13 @@ def test_device_and_dtype_resolution() -> None:
         resolve_dtype("int3", CPU)
     with pytest.raises(UserError, match="unknown device"):
         resolve_device("abacus")
-    if not torch.cuda.is_available():
+    # Both branches assert: what "auto" and "cuda" give depends on the machine, not whether they are checked.
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cuda")
+        assert resolve_device("cuda").type == "cuda"
+        assert resolve_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+    else:
         assert resolve_device("auto") == CPU
-        with pytest.raises(UserError, match="no CUDA"):
+        with pytest.raises(UserError, match="no CUDA") as raised:
             resolve_device("cuda")
+        assert raised.value.hint is not None and "--device cpu" in raised.value.hint

@@ -4,4 +4,4 @@ PL/Python runs on the distribution's own Python, not the project's virtualenv, s
 nothing here may import a third-party package.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,6 +15,10 @@ from mgte_udf.errors import InputRejected, ProtocolMismatch, ServerUnavailable, 
 DEFAULT_TIMEOUT = 60.0
 # How often `interrupt_check` runs while waiting for the server, seconds.
 INTERRUPT_POLL = 0.1
+# The most read from the socket at once: a response's buffer grows with what has arrived,
+# never to the length a server announces before it sends it.
+RECV_CHUNK = 1 << 18
+_UINT32_MAX = 0xFFFFFFFF  # any frame length: _exchange bounds them by the request, not parse_prefix
 
 
 class TruncationWarning(UserWarning):
@@ -159,26 +163,35 @@ class Client:
 
     def _roundtrip(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         frame = protocol.encode(protocol.REQUEST, request)
+        limits = protocol.response_limits(request)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         reused = self._sock is not None
         try:
-            return self._exchange(frame, deadline)
+            return self._exchange(frame, limits, deadline)
         except ServerUnavailable:
             # A kept-open connection may have been closed by a server restart since the
             # last call; requests have no side effects, so one fresh attempt is safe.
             if not reused:
                 raise
-            return self._exchange(frame, deadline)
+            return self._exchange(frame, limits, deadline)
 
-    def _exchange(self, frame: bytes, deadline: float | None) -> tuple[dict[str, Any], bytes]:
+    def _exchange(self, frame: bytes, limits: tuple[int, int],
+                  deadline: float | None) -> tuple[dict[str, Any], bytes]:
+        max_json, max_payload = limits
         try:
             sock = self._connect(deadline)
             sock.settimeout(_remaining(deadline))
             sock.sendall(frame)
             prefix = self._recv(sock, protocol.PREFIX.size, deadline)
-            _, kind, json_length, payload_length = protocol.parse_prefix(prefix, 1 << 31, 1 << 31)
+            _, kind, json_length, payload_length = protocol.parse_prefix(prefix, _UINT32_MAX, _UINT32_MAX)
             if kind != protocol.RESPONSE:
                 raise ProtocolMismatch(f"expected a response frame from {self.socket_path}, got kind {kind}")
+            if json_length > max_json or payload_length > max_payload:
+                raise ProtocolMismatch(
+                    f"the server at {self.socket_path} announced a response of {json_length} + {payload_length} "
+                    f"bytes; an answer to this request has at most {max_json} + {max_payload}",
+                    hint="something other than `mgte serve` of this release may be listening there; "
+                         "check mgte.socket_path (SQL) / Client(socket_path=...) and `mgte info`")
             header = protocol.decode_header(self._recv(sock, json_length, deadline))
             payload = self._recv(sock, payload_length, deadline)
         except TimeoutError:
@@ -216,24 +229,22 @@ class Client:
         return sock
 
     def _recv(self, sock: socket.socket, size: int, deadline: float | None) -> bytes:
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
+        buf = bytearray()
+        while len(buf) < size:
             wait = _remaining(deadline)
             if self.interrupt_check is not None:
                 wait = INTERRUPT_POLL if wait is None else min(wait, INTERRUPT_POLL)
             sock.settimeout(wait)
             try:
-                n = sock.recv_into(view[got:], size - got)
+                chunk = sock.recv(min(size - len(buf), RECV_CHUNK))
             except TimeoutError:
                 if self.interrupt_check is None:
                     raise
                 self.interrupt_check()
                 continue  # _remaining() raises TimeoutError once the deadline has passed
-            if n == 0:
+            if not chunk:
                 raise ConnectionResetError("the server closed the connection")
-            got += n
+            buf += chunk
         return bytes(buf)
 
 

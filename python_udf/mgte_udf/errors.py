@@ -1,4 +1,9 @@
-"""The errors a client can see, each with the SQLSTATE that SQL callers get for it."""
+"""The errors a client can see, each with the SQLSTATE that SQL callers get for it.
+
+`input_fault` tells a caller what to do with a failed request without listing classes:
+True when the request itself is wrong (sending it again fails again: report it, or park
+it as a dead letter), False when the server or the connection is at fault (retry later).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ class MgteError(Exception):
 
     sqlstate: ClassVar[str] = "58000"  # system_error
     code: ClassVar[str] = "internal"
+    input_fault: ClassVar[bool] = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -42,6 +48,7 @@ class InputRejected(MgteError):
 
     sqlstate = "22023"  # invalid_parameter_value
     code = "bad_request"
+    input_fault = True
 
 
 class TooLarge(InputRejected):
@@ -56,6 +63,7 @@ class NotSupported(MgteError):
 
     sqlstate = "0A000"  # feature_not_supported
     code = "unsupported"
+    input_fault = True
 
 
 class ProtocolMismatch(MgteError):
@@ -72,13 +80,28 @@ class ShuttingDown(ServerUnavailable):
 
 
 class ServerError(MgteError):
-    """The server failed while running the model."""
+    """The server failed unexpectedly while handling the request (a bug in mgte)."""
 
     code = "internal"
+
+
+class ModelFailed(ServerError):
+    """The model raised while running a batch (a device error, out of memory): the request
+    may succeed when sent again, alone or once the server has memory to spare."""
+
+    code = "model_failed"
+
+
+class ModelMismatch(MgteError):
+    """Raised on this side, never sent: the served model is not the one whose vectors a table
+    holds, and vectors of two models must not be mixed."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+    code = "model_mismatch"
 
 
 ERRORS_BY_CODE: dict[str, type[MgteError]] = {
     cls.code: cls
     for cls in (ServerUnavailable, Timeout, Overloaded, InputRejected, TooLarge, NotSupported,
-                ProtocolMismatch, ShuttingDown, ServerError)
+                ProtocolMismatch, ShuttingDown, ServerError, ModelFailed)
 }

@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 import mgte_udf
 from mgte_udf import protocol
 from mgte_udf.client import DEFAULT_TIMEOUT, Client
-from mgte_udf.errors import MgteError
+from mgte_udf.errors import MgteError, ModelMismatch
 from mgte_udf.records import records, sparsevec_literal, vector_literal
 
-_SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
+# mgte._socket_path() decides whose socket setting counts (the session's, or the DBA's).
+_SETTINGS_SQL = ("SELECT mgte._socket_path() AS socket_path, "
                  "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms, "
                  "pg_catalog.statement_timestamp() AS statement")
 # Results remembered within one statement, at most this many.
@@ -102,9 +103,10 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
 
 
 def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int, want_sparse: bool,
-                vocab_size: int, timeout_ms: int | None, fall_back: bool) -> list[tuple[Any, ...]]:
-    """Everything auto-embedding stores, per text: (position, embedding, sparse, sparsevec,
-    model, md5, tokens, truncated); `timeout_ms` NULL means mgte.timeout_ms. With
+                vocab_size: int, timeout_ms: int | None, fall_back: bool, model: str | None) -> list[tuple[Any, ...]]:
+    """Everything auto-embedding stores, per text: its position, then the FIELDS of
+    mgte_udf.records; `timeout_ms` NULL means mgte.timeout_ms. The served model must be
+    `model` when one is given: a table never mixes the vectors of two models. With
     `fall_back`, failures give no rows and a WARNING, and the caller queues the texts for the
     worker instead."""
     if not texts:
@@ -112,6 +114,11 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
     client, _ = _session(plpy, GD, timeout=None if timeout_ms is None else timeout_ms / 1000)
     try:
         encoded = client.encode(texts, dense=True, sparse=want_sparse, sparse_ids=want_sparse, dim=dim)
+        if model is not None and encoded.model != model:
+            raise ModelMismatch(
+                f"the mgte server embeds with model {encoded.model}, but this table's embeddings were made by {model}",
+                hint="vectors of two models cannot be mixed in one table: serve the table's model, or re-embed "
+                     "the table with mgte_reembed()")
     except MgteError as exc:
         if not fall_back:
             plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
@@ -119,9 +126,9 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
                      hint=exc.hint)
         return []
     _notice_truncated(plpy, encoded.truncated, encoded.tokens, single=len(texts) == 1)
-    return [(i + 1, r.embedding, None if r.sparse is None else json.dumps(r.sparse, ensure_ascii=False),
-             r.sparsevec, r.model, r.text_md5, r.tokens, r.truncated)
-            for i, r in enumerate(records(texts, encoded, vocab_size))]
+    return [(i + 1, *(json.dumps(v, ensure_ascii=False) if name == "mgte_sparse" and v is not None else v
+                      for name, v in r.fields().items()))
+            for i, r in enumerate(records(encoded, vocab_size))]
 
 
 def info(plpy: Any, GD: dict[str, Any]) -> str:

@@ -21,15 +21,27 @@ Requests (the JSON header; requests carry no payload):
      "dim": int | null}
     {"op": "rerank", "query": str, "documents": [str, ...], "sigmoid": bool}
 
-Responses: {"ok": false, "error": {"code", "message", "hint"}} on failure, otherwise
-{"ok": true, ...}. Every embed and rerank answer has "count", "model" (the id of the model
-that computed it), "tokens" (token count of each input before truncation) and "truncated"
-(indices of inputs cut to the model's limit). An embed answer also has "dim"; with
+Responses: {"ok": false, "error": {"code", "message", "hint", "fault"}} on failure,
+otherwise {"ok": true, ...}. "fault" says whose fault a failure is, for callers that decide
+between retrying and giving up: "input" when the request itself is wrong (codes
+bad_request, too_large, unsupported: the same request fails again), "server" for every
+other code (overloaded, model_failed, internal, ...: the same request may succeed later,
+or once the server is fixed). A client maps an unknown code to ServerError.
+
+Every embed and rerank answer has "count", "model" (the id of the model that computed it),
+"tokens" (token count of each input before truncation) and "truncated" (indices of inputs
+cut to the model's limit). An embed answer also has "dim"; with
 "sparse" (lexical weights keyed by token string, the official format) it has
 "sparse_tokens", the tokens of each input; with "sparse_ids" (keyed by token id, what a
 sparsevec needs) "sparse_ids_nnz", the entries of each input. Its payload: the dense
 vectors (count x dim float32), then the weights of all sparse_tokens (float32), then all
 sparse ids (uint32) and their weights (float32). A rerank payload is count float32 scores.
+
+Every length read from the socket is bounded before memory is reserved for it. The server
+bounds requests by its limits (`mgte info`). A client bounds an answer by what its request
+can justify (`response_limits`): per input at most MAX_DIM dense values and MAX_TOKENS
+sparse entries (the server refuses to start with a model beyond them), MAX_TOKEN_JSON bytes
+of header per sparse token string, MAX_NUMBER_JSON per number, plus RESPONSE_JSON_BASE.
 """
 
 from __future__ import annotations
@@ -55,6 +67,14 @@ FLOAT32 = "<f4"
 UINT32 = "<u4"
 
 _NATIVE_LITTLE_ENDIAN = sys.byteorder == "little"
+
+# What one input can add to an answer (see the module docstring). Generous: they only keep
+# a broken or fake server from making a client reserve gigabytes it was never sent.
+MAX_TOKENS = 8192  # the longest input an mGTE model reads: its sparse entries at most
+MAX_DIM = 8192
+MAX_TOKEN_JSON = 256  # one sparse token string: UTF-8, escaped, quoted, and its comma
+MAX_NUMBER_JSON = 24  # one integer of a per-input list ("tokens", "truncated", ...) and its comma
+RESPONSE_JSON_BASE = 1 << 20  # the rest: the model id, errors, `info`
 
 
 def encode(kind: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -104,7 +124,21 @@ def check_unicode(name: str, text: str) -> None:
 
 
 def error_header(error: MgteError) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": error.code, "message": str(error), "hint": error.hint}}
+    return {"ok": False, "error": {"code": error.code, "message": str(error), "hint": error.hint,
+                                   "fault": "input" if error.input_fault else "server"}}
+
+
+def response_limits(request: dict[str, Any]) -> tuple[int, int]:
+    """The longest JSON header and payload that an answer to `request` can have."""
+    inputs = len(request.get("texts") or request.get("documents") or ())
+    json_per_input = 4 * MAX_NUMBER_JSON  # "tokens", "truncated", "sparse_ids_nnz", a list's brackets
+    payload_per_input = 4  # a rerank score
+    if request.get("op") == "embed":
+        payload_per_input = (4 * MAX_DIM * bool(request.get("dense", True))
+                             + 4 * MAX_TOKENS * bool(request.get("sparse"))
+                             + 8 * MAX_TOKENS * bool(request.get("sparse_ids")))
+        json_per_input += MAX_TOKENS * MAX_TOKEN_JSON * bool(request.get("sparse"))
+    return RESPONSE_JSON_BASE + inputs * json_per_input, inputs * payload_per_input
 
 
 def raise_for_error(header: dict[str, Any]) -> None:

@@ -1,0 +1,60 @@
+-- 0.2.0: per-table objects belong to the table's owner, a worker role, and the model that
+-- made a table's stored vectors.
+
+-- The per-table objects are named mgte.<prefix>_embeddings, _queue, _failed and the
+-- functions mgte.<prefix>_on_change, _claim, _settle, _requeue, _status.
+ALTER TABLE mgte.enabled
+    ADD COLUMN prefix text,
+    ADD COLUMN model text;
+COMMENT ON COLUMN mgte.enabled.model IS
+    'the model whose vectors the table''s embeddings hold (the id `mgte serve` reports); NULL until the first is stored';
+
+-- Proof that the acting role owns a table, for the SECURITY DEFINER functions that change
+-- mgte's catalog: they cannot see the caller's current_user, so the caller first inserts a
+-- row here, which row-level security admits only for a table current_user owns (or is a
+-- member of the owning role of), and the definer function consumes the row of its own
+-- backend and transaction. The backend and transaction come from column defaults that no
+-- caller may set.
+CREATE TABLE mgte.authorizations (
+    tbl regclass NOT NULL,
+    backend integer NOT NULL DEFAULT pg_catalog.pg_backend_pid(),
+    xact_start timestamptz NOT NULL DEFAULT pg_catalog.transaction_timestamp()
+);
+COMMENT ON TABLE mgte.authorizations IS
+    'short-lived proofs that the acting role owns a table, consumed by mgte''s SECURITY DEFINER functions';
+ALTER TABLE mgte.authorizations ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON mgte.authorizations FOR INSERT TO PUBLIC
+    WITH CHECK (pg_catalog.pg_has_role(current_user,
+                                       (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl), 'USAGE'));
+GRANT INSERT (tbl) ON mgte.authorizations TO PUBLIC;
+
+-- Roles are cluster-wide, and another database may have created them already.
+DO $$
+BEGIN
+    -- `mgte worker` connects as a member of this role: it may claim and settle the queue of
+    -- every enabled table (through functions that run as each table's owner), nothing else.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'mgte_worker') THEN
+        CREATE ROLE mgte_worker NOLOGIN;
+    END IF;
+    -- Members may choose the model server's socket for their session (SET mgte.socket_path);
+    -- everyone else uses the one the DBA configured for the database, role or cluster.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'mgte_choose_socket') THEN
+        CREATE ROLE mgte_choose_socket NOLOGIN;
+    END IF;
+END
+$$;
+
+-- A table being re-embedded with another model (mgte_reembed): the second set of objects
+-- that its workers fill, while searches keep reading the first, until it takes over.
+CREATE TABLE mgte.reembeddings (
+    tbl regclass PRIMARY KEY REFERENCES mgte.enabled ON DELETE CASCADE,
+    prefix text NOT NULL UNIQUE,
+    model text NOT NULL,
+    embeddings regclass NOT NULL,
+    queue regclass NOT NULL,
+    failed regclass NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE mgte.reembeddings IS 'tables being re-embedded with another model (see mgte_reembed)';
+SELECT pg_catalog.pg_extension_config_dump('mgte.reembeddings', '');
+GRANT SELECT ON mgte.reembeddings TO PUBLIC;
