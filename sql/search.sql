@@ -44,27 +44,26 @@ $python$;
 COMMENT ON FUNCTION mgte_sparsevec(text) IS
 'mGTE lexical weights of a text as a sparsevec indexed by token id + 1 (dimension: the vocabulary size), keeping the 1000 largest weights as auto-embedding stores them';
 
--- The search statement. Parameters: $1 query vector, $2 query sparsevec, $3 query sparse
--- jsonb, $4 k, $5 candidates per leg, $6 sparse_weight, $7 rrf_k, $8 rerank_top (0: no
--- rerank), $9 filter, $10 query text. Returns key, body, rank and the dense, sparse, fused
--- and rerank scores.
-CREATE OR REPLACE FUNCTION mgte._search_statement(
-    cfg mgte.enabled, k integer, candidates integer, fusion text, sparse_weight double precision, rrf_k integer,
-    rerank_top integer, filter jsonb, sparse_leg boolean)
-RETURNS text
+
+-- --- The search statement -------------------------------------------------------------
+--
+-- One statement per search, generated for the table (its names, keys and filter columns)
+-- from the template in mgte._search_template, and run with ONE parameter, $1: a jsonb
+-- object of named values made by mgte._search_parameters. The template reads a value as
+-- {name}, which stands for ($1 ->> 'name') cast to the type of the argument of that name of
+-- mgte._search_parameters. EXECUTE ... USING hands $1 to the planner as a constant, so each
+-- read is folded to a typed constant, as a typed parameter would be, and both legs' ORDER BY
+-- can use their HNSW index.
+
+-- The values of a search, by name, checked: everything the statement reads from $1.
+-- query is NULL when no rerank needs it; rerank_top is 0 for no rerank.
+CREATE OR REPLACE FUNCTION mgte._search_parameters(
+    query text, query_dense vector, query_sparse jsonb, query_sparsevec sparsevec, k integer, candidates integer,
+    fusion text, sparse_weight double precision, rrf_k integer, rerank_top integer, filter jsonb)
+RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    vs text := mgte._vector_schema();
-    keys text := mgte._keys(cfg);
-    conditions text[] := ARRAY[]::text[];
-    column_name text;
-    column_type text;
-    value jsonb;
-    source text;
-    fused text;
-    statement text;
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'k must be at least 1, not %', coalesce(k::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
@@ -85,9 +84,39 @@ BEGIN
         RAISE EXCEPTION 'filter must be a JSON object of column: value pairs, not %', filter
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    RETURN jsonb_build_object(
+        'query', query, 'query_dense', query_dense::text, 'query_sparse', query_sparse,
+        'query_sparsevec', query_sparsevec::text, 'k', k, 'candidates', candidates, 'fusion', fusion,
+        'sparse_weight', sparse_weight, 'rrf_k', rrf_k, 'rerank_top', rerank_top, 'filter', filter);
+END
+$$;
 
-    -- Filters: each key a column of the table, each value compared as that column's type.
-    -- Names are quoted and values travel as the parameter $9, so nothing is pasted as SQL.
+-- {name} -> the typed read of the value `name` from $1, for every argument of
+-- mgte._search_parameters: its arguments' names and types are the statement's parameters.
+CREATE OR REPLACE FUNCTION mgte._search_reads()
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_object_agg(a.name, format('(($1 ->> %L)::%s)', a.name, pg_catalog.format_type(a.type, NULL)))
+    FROM pg_catalog.pg_proc AS p, unnest(p.proargnames, p.proargtypes::oid[]) AS a(name, type)
+    WHERE p.oid = 'mgte._search_parameters'::regproc
+$$;
+
+-- The filter as conditions on the table's row t: each key a column of the table, each value
+-- compared as that column's type. Names are quoted and values are read from the filter
+-- parameter (`value_of`, how the statement reads it), so nothing is pasted as SQL.
+CREATE OR REPLACE FUNCTION mgte._search_filter(cfg mgte.enabled, filter jsonb, value_of text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    conditions text[] := ARRAY[]::text[];
+    column_name text;
+    column_type text;
+    value jsonb;
+BEGIN
     FOR column_name, value IN SELECT * FROM jsonb_each(coalesce(filter, '{}')) LOOP
         SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO column_type
         FROM pg_catalog.pg_attribute a
@@ -99,91 +128,156 @@ BEGIN
         IF jsonb_typeof(value) = 'null' THEN
             conditions := conditions || format('t.%I IS NULL', column_name);
         ELSIF column_type IN ('jsonb', 'json') THEN
-            conditions := conditions || format('t.%I::jsonb = $9 -> %L', column_name, column_name);
+            conditions := conditions || format('t.%I::jsonb = %s -> %L', column_name, value_of, column_name);
         ELSIF jsonb_typeof(value) IN ('string', 'number', 'boolean') THEN
-            conditions := conditions || format('t.%I = ($9 ->> %L)::%s', column_name, column_name, column_type);
+            conditions := conditions || format('t.%I = (%s ->> %L)::%s', column_name, value_of, column_name, column_type);
         ELSE
             RAISE EXCEPTION 'filter value for % must be a string, number, boolean or null, not %',
                 quote_ident(column_name), value USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END LOOP;
-
-    source := format('%s AS e', cfg.embeddings);
-    IF cardinality(conditions) > 0 THEN
-        source := source || format(' JOIN %s AS t ON %s WHERE %s', cfg.tbl, mgte._keys_match(cfg, 't', 'e'),
-                                   array_to_string(conditions, ' AND '));
-    END IF;
-    fused := CASE fusion
-        WHEN 'weighted' THEN '(dense + $6 * coalesce(sparse, 0))::real'
-        ELSE '(coalesce(1.0 / ($7 + dense_rank), 0) + coalesce(1.0 / ($7 + sparse_rank), 0))::real' END;
-
-    statement := format(
-        'WITH dense_leg AS MATERIALIZED ('
-        '    SELECT %1$s, e.embedding OPERATOR(%2$s.<#>) $1 AS distance FROM %3$s '
-        '    ORDER BY e.embedding OPERATOR(%2$s.<#>) $1 LIMIT $5), '
-        'sparse_leg AS MATERIALIZED (%4$s), '
-        'ranked AS ('
-        '    SELECT %5$s, row_number() OVER (ORDER BY distance, %5$s) AS dense_rank, NULL::bigint AS sparse_rank '
-        '    FROM dense_leg '
-        '    UNION ALL '
-        '    SELECT %5$s, NULL, row_number() OVER (ORDER BY distance, %5$s) FROM sparse_leg), '
-        'pool AS (SELECT %5$s, min(dense_rank) AS dense_rank, min(sparse_rank) AS sparse_rank FROM ranked GROUP BY %5$s), '
-        'scored AS ('
-        '    SELECT %6$s AS key, t.%7$I::text AS body, '
-        '           (-(e.embedding OPERATOR(%2$s.<#>) $1))::real AS dense, '
-        '           CASE WHEN $3 IS NOT NULL THEN @extschema@.mgte_sparse_score($3, e.sparse) END AS sparse, '
-        '           p.dense_rank, p.sparse_rank '
-        '    FROM pool AS p JOIN %8$s AS e USING (%5$s) JOIN %9$s AS t ON %10$s), '
-        'top AS ('
-        '    SELECT key, body, dense, sparse, %11$s AS fused FROM scored ORDER BY 5 DESC, key LIMIT greatest($4, $8)), '
-        'ordered AS (SELECT *, row_number() OVER (ORDER BY fused DESC, key) AS fused_rank FROM top), '
-        'reranked AS (%12$s) '
-        'SELECT o.key, o.body, (row_number() OVER (ORDER BY r.score DESC NULLS LAST, o.fused_rank))::integer, '
-        '       o.dense, o.sparse, o.fused, r.score '
-        'FROM ordered AS o LEFT JOIN reranked AS r ON r.idx = o.fused_rank '
-        'ORDER BY 3 LIMIT $4',
-        mgte._keys(cfg, 'e'), vs, source,
-        CASE WHEN sparse_leg
-             THEN format('SELECT %s, e.sparsevec OPERATOR(%s.<#>) $2 AS distance FROM %s '
-                         'ORDER BY e.sparsevec OPERATOR(%s.<#>) $2 LIMIT $5', mgte._keys(cfg, 'e'), vs, source, vs)
-             ELSE format('SELECT %s, NULL::float8 AS distance FROM %s AS e WHERE false', mgte._keys(cfg, 'e'),
-                         cfg.embeddings) END,
-        keys,
-        mgte._key_object(cfg, 'p'),
-        cfg.text_column, cfg.embeddings, cfg.tbl, mgte._keys_match(cfg, 't', 'p'),
-        fused,
-        CASE WHEN rerank_top > 0
-             THEN 'SELECT idx, score FROM @extschema@.mgte_rerank($10, '
-                  '(SELECT array_agg(body ORDER BY fused_rank) FROM ordered WHERE fused_rank <= $8))'
-             ELSE 'SELECT NULL::integer AS idx, NULL::real AS score WHERE false' END);
-    RETURN statement;
+    RETURN conditions;
 END
 $$;
 
--- Runs a search statement with what the legs need: enough HNSW candidates for each leg,
--- and (pgvector 0.8 on) iterative index scans so that filters do not starve a leg.
-CREATE OR REPLACE FUNCTION mgte._search_run(
-    statement text, q_dense vector, q_sparsevec sparsevec, q_sparse jsonb, k integer, candidates integer,
-    sparse_weight double precision, rrf_k integer, rerank_top integer, filter jsonb, query text)
+-- The search statement. Each leg proposes {candidates} rows by its HNSW index (the sparse
+-- leg proposes none when it does not run); their pool is scored exactly and fused; the
+-- {rerank_top} best by fused score are reranked; the {k} best by rerank score, then fused
+-- score, are returned: key, body, rank and the dense, sparse, fused and rerank scores.
+-- The fragments {candidate_rows} (the embeddings e, joined to the filtered table t when
+-- there is a filter), {sparse_leg}, {fused} and {reranked} are made by
+-- mgte._search_statement; {keys}, {keys.x}, {x=y} and {key_object.x} by mgte._render.
+CREATE OR REPLACE FUNCTION mgte._search_template()
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $template$
+SELECT $sql$
+WITH dense_leg AS MATERIALIZED (
+    SELECT {keys.e}, e.embedding {ip_distance} {query_dense} AS distance
+    FROM {candidate_rows}
+    ORDER BY e.embedding {ip_distance} {query_dense} LIMIT {candidates}),
+sparse_leg AS MATERIALIZED ({sparse_leg}),
+ranked AS (
+    SELECT {keys}, row_number() OVER (ORDER BY distance, {keys}) AS dense_rank, NULL::bigint AS sparse_rank
+    FROM dense_leg
+    UNION ALL
+    SELECT {keys}, NULL, row_number() OVER (ORDER BY distance, {keys}) FROM sparse_leg),
+pool AS (
+    SELECT {keys}, min(dense_rank) AS dense_rank, min(sparse_rank) AS sparse_rank FROM ranked GROUP BY {keys}),
+scored AS (
+    SELECT {key_object.p} AS key, t.{text_column}::text AS body,
+           (-(e.embedding {ip_distance} {query_dense}))::real AS dense,
+           CASE WHEN {query_sparse} IS NOT NULL THEN @extschema@.mgte_sparse_score({query_sparse}, e.sparse) END AS sparse,
+           p.dense_rank, p.sparse_rank
+    FROM pool AS p JOIN {embeddings} AS e USING ({keys}) JOIN {tbl} AS t ON {t=p}),
+top AS (
+    SELECT key, body, dense, sparse, {fused} AS fused
+    FROM scored ORDER BY 5 DESC, key LIMIT greatest({k}, {rerank_top})),
+ordered AS (SELECT *, row_number() OVER (ORDER BY fused DESC, key) AS fused_rank FROM top),
+reranked AS ({reranked})
+SELECT o.key, o.body, (row_number() OVER (ORDER BY r.score DESC NULLS LAST, o.fused_rank))::integer,
+       o.dense, o.sparse, o.fused, r.score
+FROM ordered AS o LEFT JOIN reranked AS r ON r.idx = o.fused_rank
+ORDER BY 3 LIMIT {k}
+$sql$
+$template$;
+
+-- The search statement for a table and the parameters of a search (mgte._search_parameters).
+-- The sparse leg runs when the table stores sparse weights and the query has a sparsevec.
+CREATE OR REPLACE FUNCTION mgte._search_statement(cfg mgte.enabled, parameters jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    vars jsonb := mgte._search_reads() || jsonb_build_object(
+        'ip_distance', format('OPERATOR(%s.<#>)', mgte._vector_schema()),
+        'embeddings', cfg.embeddings::text, 'tbl', cfg.tbl::text, 'text_column', quote_ident(cfg.text_column));
+    conditions text[] := mgte._search_filter(cfg, (parameters ->> 'filter')::jsonb, vars ->> 'filter');
+BEGIN
+    vars := vars || jsonb_build_object('candidate_rows', mgte._render(cfg, CASE
+        WHEN cardinality(conditions) > 0 THEN '{embeddings} AS e JOIN {tbl} AS t ON {t=e} WHERE {conditions}'
+        ELSE '{embeddings} AS e' END, vars || jsonb_build_object('conditions', array_to_string(conditions, ' AND '))));
+    vars := vars || jsonb_build_object(
+        'sparse_leg', mgte._render(cfg, CASE
+            WHEN cfg.sparse AND parameters ->> 'query_sparsevec' IS NOT NULL
+            THEN 'SELECT {keys.e}, e.sparsevec {ip_distance} {query_sparsevec} AS distance FROM {candidate_rows} '
+                 'ORDER BY e.sparsevec {ip_distance} {query_sparsevec} LIMIT {candidates}'
+            ELSE 'SELECT {keys.e}, NULL::float8 AS distance FROM {embeddings} AS e WHERE false' END, vars),
+        'fused', mgte._render(cfg, CASE parameters ->> 'fusion'
+            WHEN 'weighted' THEN '(dense + {sparse_weight} * coalesce(sparse, 0))::real'
+            ELSE '(coalesce(1.0 / ({rrf_k} + dense_rank), 0) + coalesce(1.0 / ({rrf_k} + sparse_rank), 0))::real'
+            END, vars),
+        'reranked', mgte._render(cfg, CASE
+            WHEN (parameters ->> 'rerank_top')::integer > 0
+            THEN 'SELECT idx, score FROM @extschema@.mgte_rerank({query}, '
+                 '(SELECT array_agg(body ORDER BY fused_rank) FROM ordered WHERE fused_rank <= {rerank_top}))'
+            ELSE 'SELECT NULL::integer AS idx, NULL::real AS score WHERE false' END, vars));
+    RETURN mgte._render(cfg, mgte._search_template(), vars);
+END
+$$;
+
+-- What the legs need while a search statement runs (or is explained): enough HNSW
+-- candidates for each leg, and (pgvector 0.8 on) iterative index scans so that filters do not
+-- starve a leg. Returns the settings as they were, for mgte._search_restore_settings.
+CREATE OR REPLACE FUNCTION mgte._search_settings(parameters jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved jsonb := jsonb_build_object('ef_search', current_setting('hnsw.ef_search', true),
+                                      'iterative_scan', current_setting('hnsw.iterative_scan', true));
+BEGIN
+    PERFORM set_config('hnsw.ef_search', greatest((parameters ->> 'candidates')::integer,
+                                                  coalesce(saved ->> 'ef_search', '40')::integer)::text, true);
+    IF saved ->> 'iterative_scan' IS NOT NULL AND parameters ->> 'filter' IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    RETURN saved;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._search_restore_settings(saved jsonb)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', coalesce(saved ->> 'ef_search', '40'), true);
+    IF saved ->> 'iterative_scan' IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', saved ->> 'iterative_scan', true);
+    END IF;
+END
+$$;
+
+-- Runs a search statement with its parameters.
+CREATE OR REPLACE FUNCTION mgte._search_run(statement text, parameters jsonb)
 RETURNS TABLE (key jsonb, body text, rank integer, dense_score real, sparse_score real, fused_score real,
                rerank_score real)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ef_search text := current_setting('hnsw.ef_search', true);
-    iterative text := current_setting('hnsw.iterative_scan', true);
+    saved jsonb := mgte._search_settings(parameters);
 BEGIN
-    PERFORM set_config('hnsw.ef_search', greatest(candidates, coalesce(ef_search, '40')::integer)::text, true);
-    IF iterative IS NOT NULL AND filter IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    END IF;
-    RETURN QUERY EXECUTE statement
-        USING q_dense, q_sparsevec, q_sparse, k, candidates, sparse_weight, rrf_k, rerank_top, filter, query;
-    PERFORM set_config('hnsw.ef_search', coalesce(ef_search, '40'), true);
-    IF iterative IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', iterative, true);
-    END IF;
+    RETURN QUERY EXECUTE statement USING parameters;
+    PERFORM mgte._search_restore_settings(saved);
+END
+$$;
+
+-- The plan of a search statement, as mgte._search_run would run it.
+CREATE OR REPLACE FUNCTION mgte._search_plan(statement text, parameters jsonb)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved jsonb := mgte._search_settings(parameters);
+BEGIN
+    RETURN QUERY EXECUTE 'EXPLAIN ' || statement USING parameters;
+    PERFORM mgte._search_restore_settings(saved);
 END
 $$;
 
@@ -219,6 +313,29 @@ BEGIN
 END
 $$;
 
+-- What mgte_search runs and mgte_search_explain explains: the statement for the table and
+-- its parameters, with the query encoded and the rerank decided.
+CREATE OR REPLACE FUNCTION mgte._search_prepare(
+    tbl regclass, query text, k integer, candidates integer, fusion text, sparse_weight double precision,
+    rrf_k integer, rerank boolean, rerank_top integer, filter jsonb, OUT statement text, OUT parameters jsonb)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg mgte.enabled := mgte._config(tbl);
+    top integer := mgte._rerank_top(rerank, rerank_top);
+    q record := mgte._encode_query(cfg, query);
+BEGIN
+    parameters := mgte._search_parameters(
+        query => query, query_dense => q.q_dense, query_sparse => q.q_sparse, query_sparsevec => q.q_sparsevec,
+        k => k, candidates => candidates, fusion => fusion, sparse_weight => sparse_weight, rrf_k => rrf_k,
+        rerank_top => top, filter => filter);
+    statement := mgte._search_statement(cfg, parameters);
+END
+$$;
+
+-- --- The search functions ---------------------------------------------------------------
+
 CREATE OR REPLACE FUNCTION mgte_search(
     tbl regclass,
     query text,
@@ -236,19 +353,41 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    q record;
-    top integer := mgte._rerank_top(rerank, rerank_top);
+    prepared record := mgte._search_prepare(tbl, query, k, candidates, fusion, sparse_weight, rrf_k, rerank,
+                                          rerank_top, filter);
 BEGIN
-    q := mgte._encode_query(cfg, query);
-    RETURN QUERY SELECT * FROM mgte._search_run(
-        mgte._search_statement(cfg, k, candidates, fusion, sparse_weight, rrf_k, top, filter, cfg.sparse),
-        q.q_dense, q.q_sparsevec, q.q_sparse, k, candidates, sparse_weight, rrf_k, top, filter, query);
+    RETURN QUERY SELECT * FROM mgte._search_run(prepared.statement, prepared.parameters);
 END
 $$;
 
 COMMENT ON FUNCTION mgte_search(regclass, text, integer, integer, text, double precision, integer, boolean, integer, jsonb) IS
 'hybrid search of a table set up with mgte_enable: the best k rows (key as jsonb, text) with their dense, sparse, fused (dense + sparse_weight * sparse, or fusion => ''rrf'') and rerank scores; candidates per leg; the cross-encoder reranks the rerank_top best when a reranker is loaded; filter is a jsonb of column: value pairs';
+
+CREATE OR REPLACE FUNCTION mgte_search_explain(
+    tbl regclass,
+    query text,
+    k integer DEFAULT 10,
+    candidates integer DEFAULT 50,
+    fusion text DEFAULT 'weighted',
+    sparse_weight double precision DEFAULT 0.3,
+    rrf_k integer DEFAULT 60,
+    rerank boolean DEFAULT NULL,
+    rerank_top integer DEFAULT 20,
+    filter jsonb DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    prepared record := mgte._search_prepare(tbl, query, k, candidates, fusion, sparse_weight, rrf_k, rerank,
+                                          rerank_top, filter);
+BEGIN
+    RETURN QUERY SELECT * FROM mgte._search_plan(prepared.statement, prepared.parameters);
+END
+$$;
+
+COMMENT ON FUNCTION mgte_search_explain(regclass, text, integer, integer, text, double precision, integer, boolean, integer, jsonb) IS
+'the query plan of the statement mgte_search runs with the same arguments (both legs should use their HNSW index)';
 
 CREATE OR REPLACE FUNCTION mgte_search_vectors(
     tbl regclass,
@@ -268,49 +407,22 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled := mgte._config(tbl);
+    parameters jsonb;
 BEGIN
     IF query_dense IS NULL THEN
         RAISE EXCEPTION 'query_dense must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    RETURN QUERY SELECT * FROM mgte._search_run(
-        mgte._search_statement(cfg, k, candidates, fusion, sparse_weight, rrf_k, 0, filter,
-                               cfg.sparse AND query_sparsevec IS NOT NULL),
-        query_dense, query_sparsevec, query_sparse, k, candidates, sparse_weight, rrf_k, 0, filter, NULL);
+    parameters := mgte._search_parameters(
+        query => NULL, query_dense => query_dense, query_sparse => query_sparse, query_sparsevec => query_sparsevec,
+        k => k, candidates => candidates, fusion => fusion, sparse_weight => sparse_weight, rrf_k => rrf_k,
+        rerank_top => 0, filter => filter);
+    RETURN QUERY SELECT * FROM mgte._search_run(mgte._search_statement(cfg, parameters), parameters);
 END
 $$;
 
 COMMENT ON FUNCTION mgte_search_vectors(regclass, vector, jsonb, sparsevec, integer, integer, text, double precision, integer, jsonb) IS
 'mgte_search with query vectors given instead of a query text: no server call, no rerank';
 
-CREATE OR REPLACE FUNCTION mgte_search_explain(
-    tbl regclass,
-    query text,
-    k integer DEFAULT 10,
-    candidates integer DEFAULT 50,
-    fusion text DEFAULT 'weighted',
-    sparse_weight double precision DEFAULT 0.3,
-    rrf_k integer DEFAULT 60,
-    rerank boolean DEFAULT NULL,
-    rerank_top integer DEFAULT 20,
-    filter jsonb DEFAULT NULL)
-RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cfg mgte.enabled := mgte._config(tbl);
-    q record;
-    top integer := mgte._rerank_top(rerank, rerank_top);
-BEGIN
-    q := mgte._encode_query(cfg, query);
-    RETURN QUERY EXECUTE 'EXPLAIN '
-        || mgte._search_statement(cfg, k, candidates, fusion, sparse_weight, rrf_k, top, filter, cfg.sparse)
-        USING q.q_dense, q.q_sparsevec, q.q_sparse, k, candidates, sparse_weight, rrf_k, top, filter, query;
-END
-$$;
-
-COMMENT ON FUNCTION mgte_search_explain(regclass, text, integer, integer, text, double precision, integer, boolean, integer, jsonb) IS
-'the query plan of the statement mgte_search runs with the same arguments (both legs should use their HNSW index)';
 
 -- The views mgte_enable creates read their query text and k from these settings.
 CREATE OR REPLACE FUNCTION mgte._setting_query()

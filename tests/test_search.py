@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from mgte.client import Client
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
 from tests.conftest import Checkpoints, running_server
@@ -56,12 +57,24 @@ def search_vectors(db: Database, **options: Any) -> list[dict[str, Any]]:
     return [dict(zip([c.name for c in cursor.description], row, strict=True)) for row in cursor.fetchall()]
 
 
+def vector_values(text: str) -> list[float]:
+    """The values of a pgvector literal."""
+    return [float(x) for x in text.strip("[]").split(",")]
+
+
 def dense(vector: list[float]) -> float:
     return sum(a * b for a, b in zip(QUERY_DENSE, vector, strict=True))
 
 
 def sparse(weights: dict[str, float]) -> float:
     return sum(w * weights[t] for t, w in QUERY_SPARSE.items() if t in weights)
+
+
+def sparse_ids(client: Client, text: str) -> dict[int, float]:
+    """The lexical weights of one text by token id, as the server gives them."""
+    encoded = client.encode([text], dense=False, sparse_ids=True)
+    assert encoded.sparse_ids is not None
+    return encoded.sparse_ids[0]
 
 
 # --- the formulas ---------------------------------------------------------------------
@@ -126,7 +139,7 @@ def test_filters_are_typed_columns(db: Database) -> None:
     assert [r["key"]["id"] for r in search_vectors(db, k=6, filter=json.dumps({"lang": None}))] == [1]
 
 
-@pytest.mark.parametrize(("options", "sqlstate", "message"), [
+BAD_ARGUMENTS: list[tuple[dict[str, Any], str, str]] = [
     ({"filter": json.dumps({"lang; DROP TABLE docs": "es"})}, "42703",
      'filter names column "lang; DROP TABLE docs", which table public.docs does not have'),
     ({"filter": json.dumps({"lang": ["es", "en"]})}, "22023", "must be a string, number, boolean or null"),
@@ -135,7 +148,11 @@ def test_filters_are_typed_columns(db: Database) -> None:
     ({"k": 0}, "22023", "k must be at least 1"),
     ({"k": 5, "candidates": 3}, "22023", "candidates must be at least k"),
     ({"fusion": "max"}, "22023", "fusion must be 'weighted' or 'rrf'"),
-])
+    ({"rrf_k": 0}, "22023", "rrf_k must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("options", "sqlstate", "message"), BAD_ARGUMENTS)
 def test_bad_search_arguments(db: Database, options: dict[str, Any], sqlstate: str, message: str) -> None:
     hand_made(db)
     with pytest.raises(psycopg.Error) as raised:
@@ -143,6 +160,59 @@ def test_bad_search_arguments(db: Database, options: dict[str, Any], sqlstate: s
     assert raised.value.sqlstate == sqlstate
     assert message in str(raised.value.diag.message_primary)
     assert db.one("SELECT count(*) FROM docs") == len(ROWS)
+
+
+def test_text_search_and_its_explain_refuse_bad_arguments_alike(db: Database) -> None:
+    hand_made(db)
+    for function in ("mgte_search", "mgte_search_explain"):
+        for options, sqlstate, message in BAD_ARGUMENTS:
+            names = "".join(f", {name} => %({name})s" for name in options)
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute(f"SELECT * FROM {function}('docs', 'apple pear'{names})", options).fetchall()
+            assert raised.value.sqlstate == sqlstate, function
+            assert message in str(raised.value.diag.message_primary)
+
+
+def test_a_text_search_is_the_vector_search_of_its_encoded_query(db: Database, client: Client) -> None:
+    hand_made(db)  # dim 3: the search keeps the first 3 values of the query's embedding
+    query = "apple pear"
+    query_sparse = client.sparse([query])[0]
+    assert query_sparse.keys() & {t for *_, weights in ROWS for t in weights}  # so the sparse scores count
+    columns = "(key ->> 'id')::int, rank, dense_score, sparse_score, fused_score"
+    by_text = db.conn.execute(
+        f"SELECT {columns} FROM mgte_search('docs', %s, k => 6, sparse_weight => 2.0, rerank => false)",
+        [query]).fetchall()
+    ids = sparse_ids(client, query)
+    by_vectors = db.conn.execute(
+        f"SELECT {columns} FROM mgte_search_vectors('docs', %s::vector, %s::jsonb, %s::sparsevec, k => 6, "
+        "sparse_weight => 2.0)",
+        [str(client.embed([query], dim=3)[0]), json.dumps(query_sparse),
+         "{" + ",".join(f"{i + 1}:{w}" for i, w in sorted(ids.items())) + "}/250048"]).fetchall()
+    assert [row[:2] for row in by_text] == [row[:2] for row in by_vectors]
+    for text_row, vectors_row in zip(by_text, by_vectors, strict=True):
+        assert text_row[2:] == pytest.approx(vectors_row[2:], abs=1e-6)  # query encoded in another request
+
+
+def test_explain_shows_the_plan_of_the_arguments_given(db: Database) -> None:
+    hand_made(db)
+
+    def plan(options: str) -> str:
+        return "\n".join(row[0] for row in db.conn.execute(
+            f"SELECT * FROM mgte_search_explain('docs', 'apple pear'{options})").fetchall())
+
+    assert "mgte_rerank" in plan(", rerank => true") and "mgte_rerank" not in plan(", rerank => false")
+    # the filter's value is read from the parameters and folded into the plan as a constant
+    assert "'es'::text" in plan(", filter => '{\"lang\": \"es\"}'") and "'es'::text" not in plan("")
+
+
+def test_the_search_leaves_the_hnsw_settings_as_they_were(db: Database) -> None:
+    hand_made(db)
+    db.conn.execute("SET hnsw.ef_search = 77")
+    with db.conn.transaction():  # the search changes them for its transaction, then puts them back
+        search_vectors(db, k=2, candidates=300, filter=json.dumps({"lang": "es"}))
+        assert db.one("SHOW hnsw.ef_search") == "77"
+        db.conn.execute("SELECT * FROM mgte_search_explain('docs', 'apple pear', candidates => 300)").fetchall()
+        assert db.one("SHOW hnsw.ef_search") == "77"
 
 
 def test_hostile_table_names_are_rejected(db: Database) -> None:
@@ -156,15 +226,24 @@ def test_hostile_table_names_are_rejected(db: Database) -> None:
     assert raised.value.sqlstate == "42704" and "has no auto-embedding" in str(raised.value.diag.message_primary)
 
 
-def test_sparse_scores(db: Database) -> None:
+def test_sparse_scores(db: Database, client: Client) -> None:
     q, d = {"a": 0.5, "b": 2.0, "c": 1.0}, {"b": 0.25, "c": 3.0, "z": 9.0}
     assert db.one("SELECT mgte_sparse_score(%s::jsonb, %s::jsonb)", json.dumps(q), json.dumps(d)) == 3.5
     assert db.one("SELECT mgte_sparse_score('{}'::jsonb, %s::jsonb)", json.dumps(d)) == 0
     assert db.one("SELECT mgte_sparse_score('{1:0.5,2:2}/10'::sparsevec, '{2:0.25,9:1}/10'::sparsevec)") == 0.5
+    # The texts' weights as the server itself gives them (one text per request, as the SQL
+    # functions ask), scored here: by shared token string, and by shared token id.
     text_a, text_b = "trains and stations in the north", "the stations of the northern trains"
+    a_strings, b_strings = (client.sparse([text])[0] for text in (text_a, text_b))
+    a_ids, b_ids = (sparse_ids(client, text) for text in (text_a, text_b))
+    expected_by_string = sum(w * b_strings[t] for t, w in a_strings.items() if t in b_strings)
+    expected_by_id = sum(w * b_ids[i] for i, w in a_ids.items() if i in b_ids)
+    assert expected_by_string > 0 and expected_by_id > 0  # the texts share tokens: the checks below can fail
     by_string = db.one("SELECT mgte_sparse_score(mgte_sparse(%s), mgte_sparse(%s))", text_a, text_b)
     by_id = db.one("SELECT mgte_sparse_score(mgte_sparsevec(%s), mgte_sparsevec(%s))", text_a, text_b)
-    assert by_string > 0 and by_id > 0  # token ids and decoded strings differ only where strings merge ids
+    # real results, summed in another order: equal to float32 precision
+    assert by_string == pytest.approx(expected_by_string, rel=1e-5)
+    assert by_id == pytest.approx(expected_by_id, rel=1e-5)
     assert db.one("SELECT mgte_sparsevec('') = '{}/250048'::sparsevec")
 
 
@@ -183,15 +262,27 @@ def enabled_docs(db: Database, rows: int) -> None:
     db.conn.execute("ANALYZE docs")
 
 
-def test_search_reranks_the_fused_candidates(db: Database) -> None:
+def test_search_reranks_the_fused_candidates(db: Database, client: Client) -> None:
     enabled_docs(db, 200)
-    cursor = db.conn.execute("SELECT * FROM mgte_search('docs', 'coffee and glaciers 7', k => 5, rerank_top => 10)")
+    query = "coffee and glaciers 7"
+    cursor = db.conn.execute("SELECT * FROM mgte_search('docs', %s, k => 5, rerank_top => 10)", [query])
     rows = cursor.fetchall()
     assert len(rows) == 5 and [row[2] for row in rows] == [1, 2, 3, 4, 5]
+    # The scores, recomputed here from the stored rows and the server's own encoding of the
+    # query (the search encodes it in a request of its own, so: within float32 rounding).
+    query_dense, query_sparse = client.embed([query])[0], client.sparse([query])[0]
+    stored = {id_: (vector_values(embedding), weights) for id_, embedding, weights in db.conn.execute(
+        "SELECT id, embedding::text, sparse FROM mgte.docs_embeddings").fetchall()}
     for key, body, _, dense_score, sparse_score, fused_score, rerank_score in rows:
         assert isinstance(key["id"], int) and body.startswith("document")
-        assert fused_score == pytest.approx(dense_score + 0.3 * sparse_score, abs=1e-5)
-        assert rerank_score == pytest.approx(db.one("SELECT mgte_rerank('coffee and glaciers 7', %s)", body), abs=1e-5)
+        embedding, weights = stored[key["id"]]
+        expected_dense = sum(a * b for a, b in zip(query_dense, embedding, strict=True))
+        expected_sparse = sum(w * weights[t] for t, w in query_sparse.items() if t in weights)
+        assert expected_sparse > 0  # query and documents share tokens, so the sparse check can fail
+        assert dense_score == pytest.approx(expected_dense, abs=1e-5)
+        assert sparse_score == pytest.approx(expected_sparse, abs=1e-5)
+        assert fused_score == pytest.approx(expected_dense + 0.3 * expected_sparse, abs=1e-5)
+        assert rerank_score == pytest.approx(client.rerank(query, [body])[0], abs=1e-5)
     assert [row[6] for row in rows] == sorted((row[6] for row in rows), reverse=True)
     unreranked = db.conn.execute("SELECT key, fused_score, rerank_score FROM mgte_search("
                                  "'docs', 'coffee and glaciers 7', k => 10, rerank => false)").fetchall()

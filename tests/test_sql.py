@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from array import array
 from typing import Any
@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from mgte.client import Client
-from tests.conftest import TEST_DB, Checkpoints, running_server
+from mgte.server_process import ServerProcess
+from tests.conftest import REPO, TEST_DB, Checkpoints, running_server
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -56,8 +57,13 @@ def test_embed_array_is_one_call_with_nulls_kept(db: Connection, client: Client)
     assert one(db, "SELECT mgte_embed(ARRAY[NULL]::text[])::text[]") == [None]
 
 
-def test_vector_dims(db: Connection) -> None:
-    assert one(db, "SELECT vector_dims(mgte_embed('x'))") == 32
+def hidden_size(client: Client) -> int:
+    """The served model's embedding size, as the server itself reports it."""
+    return int(client.info()["model"]["hidden_size"])
+
+
+def test_vector_dims(db: Connection, client: Client) -> None:
+    assert one(db, "SELECT vector_dims(mgte_embed('x'))") == hidden_size(client)
     assert one(db, "SELECT vector_dims(mgte_embed('x', 1))") == 1
     assert one(db, "SELECT round(vector_norm(mgte_embed('x', 7))::numeric, 5)") == 1
 
@@ -82,7 +88,7 @@ def test_rerank_single_and_many(db: Connection, client: Client) -> None:
     assert [idx for idx, _ in rows] == [i + 1 for i in order]
     assert [score for _, score in rows] == pytest.approx([scores[i] for i in order], rel=1e-6)
     sig = one(db, "SELECT mgte_rerank('greek letters', 'beta', sigmoid => true)")
-    assert 0 < sig < 1
+    assert sig == pytest.approx(1 / (1 + math.exp(-scores[1])), rel=1e-6)  # the logistic of the raw score
 
 
 def test_rerank_many_puts_null_documents_last(db: Connection) -> None:
@@ -102,11 +108,18 @@ def test_null_in_null_out(db: Connection) -> None:
     assert db.execute("SELECT * FROM mgte_rerank(NULL, ARRAY['d'])").fetchall() == []
 
 
-def test_info(db: Connection) -> None:
+def test_info(db: Connection, client: Client, server: ServerProcess) -> None:
     info = one(db, "SELECT mgte_info()")
-    assert info["extension_version"] == info["server_version"]
+    # The server's part is the server's own answer, and comes from the server the tests started.
+    own = client.info()
+    for field in ("server_version", "protocol_version", "pid", "socket", "model", "reranker", "limits"):
+        assert info[field] == own[field], field
+    assert info["pid"] == server.process.pid
     assert info["model"]["kind"] == "embedding" and info["reranker"]["kind"] == "reranker"
-    assert info["socket_path"].endswith("mgte.sock") and info["timeout_ms"] == 60000
+    # The extension's part: the version of the installed extension, and the socket it called.
+    assert info["extension_version"] == one(db, "SELECT extversion FROM pg_extension WHERE extname = 'mgte'")
+    assert info["socket_path"] == own["socket"]
+    assert info["timeout_ms"] == 60000  # the documented default, mgte.timeout_ms being unset
 
 
 def test_truncation_raises_a_notice(db: Connection) -> None:
@@ -124,11 +137,13 @@ def test_truncation_raises_a_notice(db: Connection) -> None:
 
 # --- errors ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("dim", [0, -3, 33])
-def test_bad_dim(db: Connection, dim: int) -> None:
+@pytest.mark.parametrize("bad", ["zero", "negative", "more than the model has"])
+def test_bad_dim(db: Connection, client: Client, bad: str) -> None:
+    size = hidden_size(client)
+    dim = {"zero": 0, "negative": -3, "more than the model has": size + 1}[bad]
     error = sql_error(db, "SELECT mgte_embed('x', %s)", dim)
     assert error.sqlstate == "22023"
-    assert f"dim must be an integer from 1 to 32, not {dim}" in str(error.diag.message_primary)
+    assert f"dim must be an integer from 1 to {size}, not {dim}" in str(error.diag.message_primary)
     assert "NULL" in str(error.diag.message_hint)
 
 
@@ -205,14 +220,17 @@ def test_every_function_pins_its_search_path_and_the_public_ones_are_stable_and_
         "mgte_embed(text,integer)", "mgte_embed(text[],integer)", "mgte_sparse(text)",
         "mgte_rerank(text,text,boolean)", "mgte_rerank(text,text[],boolean)", "mgte_info()",
         "mgte_enable(regclass,name,integer,boolean,text,text,integer,boolean)", "mgte_disable(regclass,boolean)",
-        "mgte_retry_failed(regclass)", "mgte_status(regclass)", "mgte_sparsevec(text)", "mgte_create_indexes(regclass)",
+        "mgte_retry_failed(regclass)", "mgte_status(regclass)", "mgte_grant_search(regclass,name)",
+        "mgte_reembed(regclass,text)", "mgte_sparsevec(text)", "mgte_create_indexes(regclass)",
         "mgte_sparse_score(jsonb,jsonb)", "mgte_sparse_score(sparsevec,sparsevec)",
         "mgte_search(regclass,text,integer,integer,text,double precision,integer,boolean,integer,jsonb)",
         "mgte_search_vectors(regclass,vector,jsonb,sparsevec,integer,integer,text,double precision,integer,jsonb)",
         "mgte_search_explain(regclass,text,integer,integer,text,double precision,integer,boolean,integer,jsonb)",
     }
+    readme = (REPO / "README.md").read_text()
     for name, (volatility, comment) in public.items():
         assert comment, name
+        assert name.split("(")[0] + "(" in readme, f"{name} is not in the README"  # documented for users
         if name.startswith(("mgte_embed", "mgte_sparse(", "mgte_sparsevec", "mgte_rerank")):
             assert volatility == "s", name  # STABLE: usable in index scans, never IMMUTABLE
     for name, _, _, config, _ in rows:
@@ -238,12 +256,14 @@ def test_extension_brings_its_dependencies(cluster: Any) -> None:
             conn.execute("DROP DATABASE mgte_fresh")
 
 
-def test_database_setting_reaches_new_sessions(cluster: Any, server: Any) -> None:
+def test_database_setting_reaches_new_sessions(cluster: Any, server: ServerProcess) -> None:
     with psycopg.connect(cluster.conninfo(TEST_DB), autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE {TEST_DB} SET mgte.socket_path = '{server.socket}'")
     try:
         with psycopg.connect(cluster.conninfo(TEST_DB), autocommit=True) as conn:
-            assert json.loads(json.dumps(one(conn, "SELECT mgte_info()")))["socket"] == str(server.socket)
+            info = one(conn, "SELECT mgte_info()")
+            assert info["socket_path"] == str(server.socket)
+            assert info["pid"] == server.process.pid  # answered by the server listening there
     finally:
         with psycopg.connect(cluster.conninfo(TEST_DB), autocommit=True) as conn:
             conn.execute(f"ALTER DATABASE {TEST_DB} RESET mgte.socket_path")
