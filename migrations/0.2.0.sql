@@ -58,3 +58,22 @@ CREATE TABLE mgte.reembeddings (
 COMMENT ON TABLE mgte.reembeddings IS 'tables being re-embedded with another model (see mgte_reembed)';
 SELECT pg_catalog.pg_extension_config_dump('mgte.reembeddings', '');
 GRANT SELECT ON mgte.reembeddings TO PUBLIC;
+
+-- Functions of 0.1.0 that 0.2.0 replaces with others, or whose result type changed (which
+-- CREATE OR REPLACE cannot do). A 0.1.0 database with enabled tables still has triggers on
+-- mgte._on_change(): converting those tables to 0.2.0's per-table objects is the upgrade
+-- script's work, and until it exists this drop fails rather than leave them half-done.
+DROP FUNCTION IF EXISTS mgte._on_change();
+DROP FUNCTION IF EXISTS mgte._store_statement(mgte.enabled, text);
+DROP FUNCTION IF EXISTS mgte._settle_statement(mgte.enabled, text);
+DROP FUNCTION IF EXISTS mgte._claim(regclass, integer, double precision);
+DROP FUNCTION IF EXISTS mgte._complete(regclass, jsonb);
+DROP FUNCTION IF EXISTS mgte._fail(regclass, jsonb);
+DROP FUNCTION IF EXISTS mgte._release(regclass, jsonb, text);
+DROP FUNCTION IF EXISTS mgte._encode(text[], integer, boolean, integer, integer, boolean);
+DROP FUNCTION IF EXISTS mgte._create_search_view(mgte.enabled);
+DROP FUNCTION IF EXISTS mgte._search_statement(mgte.enabled, integer, integer, text, double precision, integer,
+                                               integer, jsonb, boolean);
+DROP FUNCTION IF EXISTS mgte._search_run(text, vector, sparsevec, jsonb, integer, integer, double precision,
+                                         integer, integer, jsonb, text);
+DROP FUNCTION IF EXISTS mgte_status(regclass);

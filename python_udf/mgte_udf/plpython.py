@@ -126,9 +126,13 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
                      hint=exc.hint)
         return []
     _notice_truncated(plpy, encoded.truncated, encoded.tokens, single=len(texts) == 1)
-    return [(i + 1, *(json.dumps(v, ensure_ascii=False) if name == "mgte_sparse" and v is not None else v
-                      for name, v in r.fields().items()))
-            for i, r in enumerate(records(encoded, vocab_size))]
+    rows = []
+    for position, record in enumerate(records(encoded, vocab_size), start=1):
+        fields = record.fields()
+        if fields["mgte_sparse"] is not None:  # PL/Python returns jsonb as its text
+            fields["mgte_sparse"] = json.dumps(fields["mgte_sparse"], ensure_ascii=False)
+        rows.append((position, *fields.values()))
+    return rows
 
 
 def info(plpy: Any, GD: dict[str, Any]) -> str:
