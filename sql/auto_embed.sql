@@ -548,9 +548,20 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- The queue entries this statement may touch, locked first and in key order, as _settle
+    -- locks them: a worker storing one of these keys finishes first (and what it stored is
+    -- seen below), and the two never deadlock.
+    IF TG_OP = 'DELETE' THEN
+        PERFORM FROM {queue} AS q WHERE ({keys.q}) IN (SELECT {keys} FROM mgte_old)
+        ORDER BY {keys.q} FOR UPDATE OF q;
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM FROM {queue} AS q WHERE ({keys.q}) IN (SELECT {keys} FROM mgte_old UNION SELECT {keys} FROM mgte_new)
+        ORDER BY {keys.q} FOR UPDATE OF q;
+    END IF;
+
     -- Keys gone: deleted, moved to another key, or whose text became NULL. The queue entry
-    -- first (its row lock orders this after a worker storing the key), then, in later
-    -- statements that see what such a worker stored, the embedding and the dead letter.
+    -- first, then, in later statements that see what a worker stored meanwhile, the
+    -- embedding and the dead letter.
     IF TG_OP = 'DELETE' THEN
         DELETE FROM {queue} AS q USING mgte_old AS o WHERE {q=o};
         DELETE FROM {embeddings} AS e USING mgte_old AS o WHERE {e=o};
