@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -89,7 +89,7 @@ class Outcome:
     """What to do with one claimed row: see the settle function in sql/auto_embed.sql."""
 
     row: Row
-    outcome: str  # stored, failed, retry or released
+    outcome: Literal["stored", "failed", "retry", "released"]
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -280,18 +280,27 @@ class Pipeline:
         return self.thread.submit(claim)
 
     def settle(self, table: Table, outcomes: list[Outcome], started: float) -> Future[BatchResult]:
-        def settle() -> BatchResult:
-            results = Jsonb([o.as_json() for o in outcomes])
+        def call(outcomes: list[Outcome]) -> tuple[int, int, int]:
             statement = sql.SQL("SELECT * FROM {}(%s)").format(table.function("settle"))
             for attempt in range(1, SETTLE_TRIES + 1):
                 try:
-                    row = self.conn.execute(statement, [results]).fetchone()
-                    break
+                    row = self.conn.execute(statement, [Jsonb([o.as_json() for o in outcomes])]).fetchone()
+                    assert row is not None
+                    return row[0], row[1], row[2]
                 except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                     if attempt == SETTLE_TRIES:
                         raise
-            assert row is not None
-            out = BatchResult(claimed=len(outcomes), stored=row[0], failed=row[1], released=row[2])
+            raise AssertionError("unreachable")
+
+        def settle() -> BatchResult:
+            try:
+                stored, failed, released = call(outcomes)
+            except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+                # The served model changed under this batch: store nothing, give it all back.
+                why = str(exc).strip()
+                log.error("%s: %s", table.name, why)
+                stored, failed, released = call([Outcome(o.row, "released", error=why) for o in outcomes])
+            out = BatchResult(claimed=len(outcomes), stored=stored, failed=failed, released=released)
             elapsed = time.perf_counter() - started
             log.info("%s: %d rows: %d stored, %d failed, %d given back (changed meanwhile, or to retry); "
                      "%.2f s, %.0f rows/s", table.name, out.claimed, out.stored, out.failed, out.released,

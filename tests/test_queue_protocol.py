@@ -18,7 +18,7 @@ import pytest
 from mgte.client import Client
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
-from mgte.worker import Outcome, Row
+from mgte.worker import Outcome, Pipeline, Row, enabled_tables
 from mgte_udf.records import FIELDS, records
 from tests.databases import Connection, Database, database, wait_until
 
@@ -281,3 +281,20 @@ def test_sql_reads_the_fields_python_writes(db: Database) -> None:
     assert encode_columns[-len(FIELDS) - 1:] == ["mgte_ord", *FIELDS]
     settle = db.one("SELECT prosrc FROM pg_proc WHERE oid = 'mgte.docs_settle'::regproc")
     assert all(f"m.{name}" in settle for name in FIELDS)
+
+
+def test_the_worker_gives_back_a_batch_the_table_refuses_for_its_model(db: Database, client: Client) -> None:
+    """The served model changed while a batch was embedded: the worker's settle stores
+    nothing and gives the rows back at once, instead of leaving them leased."""
+    drain(db, client)
+    db.conn.execute("UPDATE docs SET body = 'to re-embed' WHERE id IN (1, 2)")
+    table = next(t for t in enabled_tables(db.conn) if t.name == "docs")
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        pipeline = Pipeline(db.conn, thread)
+        outcomes = embed(client, pipeline.claim(table, 10, 600).result())
+        for outcome in outcomes:
+            outcome.fields["mgte_model"] = "some-other-model"
+        result = pipeline.settle(table, outcomes, 0.0).result()
+    assert (result.stored, result.failed, result.released) == (0, 0, 2)
+    assert queued(db) == {1: False, 2: False}
+    assert "some-other-model" in db.one("SELECT last_error FROM mgte.docs_queue WHERE id = 1")
