@@ -316,6 +316,9 @@ BEGIN
     vars := jsonb_build_object(
         'tbl', cfg.tbl::text, 'tbl_literal', quote_literal(cfg.tbl::text), 'text', quote_ident(cfg.text_column),
         'prefix_literal', quote_literal(cfg.prefix),
+        -- A key queued again has a new text: it deserves new tries.
+        'requeue_on_conflict', format('ON CONFLICT (%s) DO UPDATE SET enqueued_at = now(), attempts = 0, '
+                                      'last_error = NULL', mgte._keys(cfg)),
         'embeddings', cfg.embeddings::text, 'queue', cfg.queue::text, 'failed', cfg.failed::text,
         'key_defs', key_defs, 'vector', mgte._vector_type('vector', cfg.dim),
         'sparsevec', mgte._vector_type('sparsevec', cfg.vocab_size));
@@ -700,7 +703,7 @@ BEGIN
     IF failed_only THEN
         WITH back AS (DELETE FROM {failed} RETURNING {keys})
         INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM back
-        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+        {requeue_on_conflict};
     ELSE
         INSERT INTO {queue} AS q ({keys}) SELECT {keys.t} FROM {tbl} AS t WHERE t.{text} IS NOT NULL
         ON CONFLICT ({keys}) DO NOTHING;
@@ -757,7 +760,7 @@ SELECT replace($sql$
                 tokens = EXCLUDED.tokens, truncated = EXCLUDED.truncated, embedded_at = EXCLUDED.embedded_at)
         INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM changed
         WHERE mgte_ord NOT IN (SELECT mgte_ord FROM encoded)
-        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+        {requeue_on_conflict};
         GET DIAGNOSTICS queued = ROW_COUNT;
         IF cfg.model IS NULL THEN
             PERFORM mgte._adopt_model(cfg.tbl);
@@ -768,11 +771,11 @@ $sql$ || CASE WHEN inserting THEN $sql$
             INSERT INTO {queue} ({keys}) SELECT {keys} FROM (CHANGED) AS c;
         EXCEPTION WHEN unique_violation THEN
             INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM (CHANGED) AS c
-            ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+            {requeue_on_conflict};
         END;
 $sql$ ELSE $sql$
         INSERT INTO {queue} AS q ({keys}) SELECT {keys} FROM (CHANGED) AS c
-        ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = now(), attempts = 0, last_error = NULL;
+        {requeue_on_conflict};
 $sql$ END || $sql$
         GET DIAGNOSTICS queued = ROW_COUNT;
     END IF;
@@ -1113,6 +1116,7 @@ DECLARE
     cfg mgte.enabled := mgte._config(tbl);
     info jsonb;
     upcoming mgte.enabled := mgte._next_set(tbl);
+    queued bigint;
 BEGIN
     PERFORM mgte._check_owner(tbl);
     IF upcoming.prefix IS NOT NULL THEN
@@ -1134,7 +1138,11 @@ BEGIN
     END IF;
     PERFORM mgte._authorize(tbl);
     upcoming := mgte._start_reembed(tbl, model);
-    EXECUTE format('SELECT %s(false)', mgte._function(upcoming, 'requeue'));
+    EXECUTE format('SELECT %s(false)', mgte._function(upcoming, 'requeue')) INTO queued;
+    IF queued = 0 THEN  -- nothing to embed: no settle will come to swap it in
+        PERFORM mgte._authorize(tbl);
+        PERFORM mgte._finish_reembed(tbl);
+    END IF;
     RETURN upcoming.embeddings;
 END
 $$;

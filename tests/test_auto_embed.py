@@ -548,6 +548,14 @@ def test_reembed_fills_a_second_set_and_swaps_when_complete(
             assert len(db.conn.execute("SELECT * FROM mgte_search('docs', 'document', k => 5)").fetchall()) == 5
 
 
+def test_reembed_of_an_empty_table_takes_over_at_once(db: Database) -> None:
+    make_docs(db, 0)
+    new_model = "a-model-served-elsewhere"
+    db.one("SELECT mgte_reembed('docs', model => %s)", new_model)
+    assert (db.status("docs")["model"], db.status("docs")["reembed_model"]) == (new_model, None)
+    assert db.one("SELECT count(*) FROM mgte.reembeddings") == 0
+
+
 # --- sync mode ------------------------------------------------------------------------
 
 def test_sync_mode_embeds_inside_the_statement(db: Database) -> None:
