@@ -181,6 +181,24 @@ AS $$
     SELECT ARRAY['on_change', 'claim', 'settle', 'requeue', 'status']
 $$;
 
+-- The events of a set's statement-level triggers, which are named after them.
+CREATE OR REPLACE FUNCTION mgte._trigger_events()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY['insert', 'update', 'delete', 'truncate']
+$$;
+
+-- The role that owns a table, as a name.
+CREATE OR REPLACE FUNCTION mgte._owner(tbl regclass)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = tbl
+$$;
+
 -- --- Ownership -------------------------------------------------------------------------
 
 -- Runs as the caller: only the table's owner (or a member of the owning role, as for ALTER
@@ -277,7 +295,6 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    owner text := (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl);
     key_defs text := mgte._key_definitions(cfg);
     vars jsonb;
     fn text;
@@ -308,10 +325,6 @@ BEGIN
     EXECUTE format('COMMENT ON TABLE %s IS %L', cfg.failed,
                    format('rows of %s the mgte server rejected; mgte_retry_failed(%L) queues them again',
                           cfg.tbl, cfg.tbl::text));
-    -- The queue last: _on_alter compares the table's owner with the queue's.
-    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.embeddings, owner);
-    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.failed, owner);
-    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.queue, owner);
 
     vars := jsonb_build_object(
         'tbl', cfg.tbl::text, 'tbl_literal', quote_literal(cfg.tbl::text), 'text', quote_ident(cfg.text_column),
@@ -333,13 +346,13 @@ BEGIN
                    cfg.text_column, cfg.text_column), false), vars));
     FOR fn IN SELECT unnest(mgte._function_names()) LOOP
         EXECUTE mgte._render(cfg, mgte._function_template(fn), vars || jsonb_build_object('name', mgte._function(cfg, fn)));
-        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', mgte._function(cfg, fn, true), owner);
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', mgte._function(cfg, fn, true));
     END LOOP;
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s TO mgte_worker', mgte._function(cfg, 'claim', true),
                    mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true));
+    PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
 
-    FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                        triggers || fn, upper(fn), cfg.tbl,
                        CASE fn WHEN 'insert' THEN 'REFERENCING NEW TABLE AS mgte_new'
@@ -352,6 +365,26 @@ BEGIN
 END
 $$;
 
+-- Makes `owner` the owner of a set's tables and functions (their grants go along). The queue
+-- first: each statement fires _on_alter, which compares the table's owner with the queue's
+-- and must find nothing left to do.
+CREATE OR REPLACE FUNCTION mgte._give_set(cfg mgte.enabled, owner text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn text;
+BEGIN
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.queue, owner);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.embeddings, owner);
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.failed, owner);
+    FOR fn IN SELECT unnest(mgte._function_names()) LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', mgte._function(cfg, fn, true), owner);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION mgte._drop_set(cfg mgte.enabled, triggers text, keep_embeddings boolean)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -361,7 +394,7 @@ DECLARE
     fn text;
 BEGIN
     IF to_regclass(cfg.tbl::oid::regclass::text) IS NOT NULL THEN  -- not when the table itself is dropped
-        FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+        FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, cfg.tbl);
         END LOOP;
     END IF;
@@ -410,8 +443,7 @@ BEGIN
     cfg.prefix := mgte._free_prefix(cfg.tbl);
     cfg := mgte._create_set(cfg, 'mgte_');
     INSERT INTO mgte.enabled SELECT cfg.*;
-    PERFORM mgte._create_search_view(cfg,
-        (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl));
+    PERFORM mgte._create_search_view(cfg, mgte._owner(cfg.tbl));
     RETURN (SELECT e FROM mgte.enabled e WHERE e.tbl = cfg.tbl);
 END
 $$;
@@ -492,7 +524,7 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM mgte._drop_set(live, 'mgte_', false);
-    FOR fn IN SELECT unnest(ARRAY['insert', 'update', 'delete', 'truncate']) LOOP
+    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
         EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', 'mgte_next_' || fn, tbl, 'mgte_' || fn);
     END LOOP;
     DELETE FROM mgte.reembeddings r WHERE r.tbl = _finish_reembed.tbl;
@@ -1166,24 +1198,10 @@ AS $python$
 return mgte.encode_rows(plpy, GD, texts, dim, want_sparse, vocab_size, timeout_ms, fall_back, model)
 $python$;
 
--- The socket this session's model functions use: what the session set (SET
--- mgte.socket_path) for superusers and members of mgte_choose_socket; for everyone else
--- the DBA's setting for the role and database, the role, the database or the cluster, in
--- PostgreSQL's own order of precedence.
-CREATE OR REPLACE FUNCTION mgte._socket_path()
-RETURNS text
-LANGUAGE plpgsql STABLE SECURITY INVOKER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- Superusers have every role.
-    IF pg_catalog.pg_has_role(current_user, 'mgte_choose_socket', 'USAGE') THEN
-        RETURN nullif(pg_catalog.current_setting('mgte.socket_path', true), '');
-    END IF;
-    RETURN mgte._configured_socket_path();
-END
-$$;
-
+-- The DBA's choice of the socket for this session: the setting of the role in this database,
+-- of the role, of the database, or of the server configuration, in PostgreSQL's own order of
+-- precedence, whatever the session set itself. Members of mgte_choose_socket (and
+-- superusers) use the session's setting instead (mgte_udf.plpython decides which).
 CREATE OR REPLACE FUNCTION mgte._configured_socket_path()
 RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -1207,6 +1225,7 @@ $$;
 -- mgte_enable and mgte_disable reach them, and they act only on a proof of ownership.
 REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects(mgte.enabled, boolean),
     mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
+    mgte._give_set(mgte.enabled, text),
     mgte._create_index_on(mgte.enabled),
     mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
 
@@ -1242,8 +1261,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled;
-    owner text;
-    fn text;
 BEGIN
     FOR cfg IN
         SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
@@ -1251,17 +1268,9 @@ BEGIN
         JOIN pg_catalog.pg_class q ON q.oid = s.queue
         WHERE t.relowner <> q.relowner
     LOOP
-        owner := (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = cfg.tbl);
-        -- The queue first: these statements fire this trigger again, which must find
-        -- nothing left to do.
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.queue, owner);
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.embeddings, owner);
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', cfg.failed, owner);
-        FOR fn IN SELECT unnest(mgte._function_names()) LOOP
-            EXECUTE format('ALTER FUNCTION %s OWNER TO %I', mgte._function(cfg, fn, true), owner);
-        END LOOP;
+        PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
         IF cfg.search_view IS NOT NULL THEN
-            EXECUTE format('ALTER VIEW %s OWNER TO %I', cfg.search_view, owner);
+            EXECUTE format('ALTER VIEW %s OWNER TO %I', cfg.search_view, mgte._owner(cfg.tbl));
         END IF;
     END LOOP;
 END

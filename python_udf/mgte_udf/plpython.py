@@ -16,8 +16,11 @@ from mgte_udf.client import DEFAULT_TIMEOUT, Client
 from mgte_udf.errors import MgteError, ModelMismatch
 from mgte_udf.records import records, sparsevec_literal, vector_literal
 
-# mgte._socket_path() decides whose socket setting counts (the session's, or the DBA's).
-_SETTINGS_SQL = ("SELECT mgte._socket_path() AS socket_path, "
+# The session's own mgte.socket_path counts for superusers and members of mgte_choose_socket
+# only (superusers have every role); for everyone else, the DBA's (_configured_socket_path).
+_SETTINGS_SQL = ("SELECT pg_catalog.current_setting('mgte.socket_path', true) AS socket_path, "
+                 "pg_catalog.pg_has_role(current_user, 'mgte_choose_socket', 'USAGE') AS may_choose_socket, "
+                 "pg_catalog.pg_conf_load_time() AS conf_loaded, "
                  "pg_catalog.current_setting('mgte.timeout_ms', true) AS timeout_ms, "
                  "pg_catalog.statement_timestamp() AS statement")
 # Results remembered within one statement, at most this many.
@@ -176,7 +179,8 @@ def _session(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> tup
     if plan is None:
         plan = GD["mgte_settings_plan"] = plpy.prepare(_SETTINGS_SQL)
     row = plpy.execute(plan)[0]
-    socket_path = row["socket_path"] or protocol.DEFAULT_SOCKET_PATH
+    chosen = row["socket_path"] if row["may_choose_socket"] else _configured_socket_path(plpy, GD, row["conf_loaded"])
+    socket_path = chosen or protocol.DEFAULT_SOCKET_PATH
     if timeout is None:
         timeout = _timeout_seconds(plpy, row["timeout_ms"])
     client: Client | None = GD.get("mgte_client")
@@ -191,6 +195,18 @@ def _session(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> tup
     if cache is None or cache[0] != row["statement"]:
         cache = GD["mgte_statement_cache"] = (row["statement"], {})
     return client, cache[1]
+
+
+def _configured_socket_path(plpy: Any, GD: dict[str, Any], conf_loaded: str) -> str | None:
+    """The DBA's mgte.socket_path (mgte._configured_socket_path). It reads the configuration
+    files, which costs more than a call to the server, so it is read once per session and again
+    after a reload: as for PostgreSQL's own settings, a database or role setting takes effect
+    in new sessions, a server configuration setting on reload."""
+    cached = GD.get("mgte_configured_socket")
+    if cached is None or cached[0] != conf_loaded:
+        path = plpy.execute("SELECT mgte._configured_socket_path() AS path")[0]["path"]
+        cached = GD["mgte_configured_socket"] = (conf_loaded, path)
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def _timeout_seconds(plpy: Any, setting: str | None) -> float:
