@@ -136,32 +136,46 @@ class Worker:
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgte-db") as db:
             listener.execute("LISTEN mgte")
             while not self.stop.is_set():
-                worked = 0
-                for table in enabled_tables(conn, only):
-                    try:
-                        if self._serves(client, table):
-                            worked += self._drain(Pipeline(conn, db), client, table, progress)
-                    except psycopg.OperationalError:
-                        raise
-                    except psycopg.errors.InsufficientPrivilege as exc:
-                        raise UserError(f"{table.name}: {str(exc).strip()}",
-                                        hint="connect as a member of the role mgte_worker: "
-                                             "GRANT mgte_worker TO <the worker's login role>") from None
-                    except psycopg.Error as exc:  # e.g. the table was altered under us
-                        self._back_off(table.name, f"database error: {str(exc).strip()}")
-                    except Outage as exc:
-                        self._back_off(table.name, str(exc))
+                worked = self._pass(Pipeline(conn, db), client, only, progress)
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
                     self._wait_for_work(listener)
 
-    def _serves(self, client: Client, table: Table) -> bool:
-        """Whether the served model may store into `table`; says why not, once per model."""
+    def _pass(self, pipeline: Pipeline, client: Client, only: int | None,
+              progress: Callable[[BatchResult], None] | None) -> int:
+        """Drains each enabled table the served model may store into; returns the rows claimed."""
+        model = self._served_model(client)
+        if model is None:
+            return 0
+        worked = 0
+        for table in enabled_tables(pipeline.conn, only):
+            try:
+                if self._serves(model, table):
+                    worked += self._drain(pipeline, client, table, progress)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise UserError(f"{table.name}: {str(exc).strip()}",
+                                hint="connect as a member of the role mgte_worker: "
+                                     "GRANT mgte_worker TO <the worker's login role>") from None
+            except psycopg.Error as exc:  # e.g. the table was altered under us
+                self._back_off(table.name, f"database error: {str(exc).strip()}")
+            except Outage as exc:
+                self._back_off(table.name, str(exc))
+        return worked
+
+    def _served_model(self, client: Client) -> dict[str, Any] | None:
+        """What `mgte info` says of the served model, once per pass over the tables; None
+        (after the back-off) when the server cannot answer."""
         try:
-            model = client.info()["model"]
+            return client.info()["model"]  # type: ignore[no-any-return]
         except MgteError as exc:
-            raise Outage(str(exc)) from None
+            self._back_off("server", str(exc))
+            return None
+
+    def _serves(self, model: dict[str, Any], table: Table) -> bool:
+        """Whether the served model may store into `table`; says why not, once per model."""
         why = None
         if table.model is not None and model["id"] != table.model:
             why = f"the server embeds with model {model['id']}, but the embeddings of {table.name} were made by " \
