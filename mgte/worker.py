@@ -28,17 +28,21 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
+from pgvector import SparseVector, Vector
+from pgvector.psycopg.sparsevec import register_sparsevec_info
+from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
+from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
 from mgte.errors import UserError
 from mgte_udf.client import Client
 from mgte_udf.errors import MgteError, NotSupported, ServerError
-from mgte_udf.records import records
+from mgte_udf.records import EmbeddingRecord, records
 
 log = logging.getLogger("mgte.worker")
 
@@ -90,12 +94,31 @@ class Outcome:
 
     row: Row
     outcome: Literal["stored", "failed", "retry", "released"]
-    fields: dict[str, Any] = field(default_factory=dict)
+    record: EmbeddingRecord | None = None  # what to store
     error: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {**self.row.key, "mgte_lease": self.row.lease, "mgte_text_md5": self.row.body_md5,
-                "mgte_outcome": self.outcome, "mgte_error": self.error, **self.fields}
+
+def settle_arguments(outcomes: list[Outcome]) -> tuple[Jsonb, list[Vector | None] | None,
+                                                       list[SparseVector | None] | None]:
+    """The arguments of a table's _settle function: the outcomes as jsonb, and the vectors
+    apart, for pgvector's binary adapters; the one of outcome i is item i + 1 of each array."""
+    results = []
+    embeddings: list[Vector | None] = []
+    sparsevecs: list[SparseVector | None] = []
+    for item, o in enumerate(outcomes, start=1):
+        result = {**o.row.key, "mgte_lease": o.row.lease, "mgte_text_md5": o.row.body_md5,
+                  "mgte_outcome": o.outcome, "mgte_error": o.error}
+        r = o.record
+        if r is not None:
+            result.update(mgte_item=item, mgte_sparse=r.sparse, mgte_model=r.model, mgte_tokens=r.tokens,
+                          mgte_truncated=r.truncated)
+        results.append(result)
+        embeddings.append(None if r is None else Vector(r.embedding))
+        sparsevecs.append(None if r is None or r.sparsevec is None else SparseVector(r.sparsevec, r.vocab_size))
+    # psycopg types an array by its first element that is not NULL; an array of NULLs alone
+    # cannot be typed, and stands for nothing anyway.
+    return (Jsonb(results), embeddings if any(v is not None for v in embeddings) else None,
+            sparsevecs if any(v is not None for v in sparsevecs) else None)
 
 
 @dataclass
@@ -260,7 +283,7 @@ class Worker:
                 half = len(rows) // 2
                 return self._embed(client, table, rows[:half]) + self._embed(client, table, rows[half:])
             return [self._failed_alone(client, table, rows[0], exc)]
-        return [Outcome(row, "stored", fields=record.fields())
+        return [Outcome(row, "stored", record=record)
                 for row, record in zip(rows, records(encoded, table.vocab_size), strict=True)]
 
     def _failed_alone(self, client: Client, table: Table, row: Row, exc: MgteError) -> Outcome:
@@ -295,10 +318,11 @@ class Pipeline:
 
     def settle(self, table: Table, outcomes: list[Outcome], started: float) -> Future[BatchResult]:
         def call(outcomes: list[Outcome]) -> tuple[int, int, int]:
-            statement = sql.SQL("SELECT * FROM {}(%s)").format(table.function("settle"))
+            statement = sql.SQL("SELECT * FROM {}(%b, %b, %b)").format(table.function("settle"))
+            arguments = settle_arguments(outcomes)
             for attempt in range(1, SETTLE_TRIES + 1):
                 try:
-                    row = self.conn.execute(statement, [Jsonb([o.as_json() for o in outcomes])]).fetchone()
+                    row = self.conn.execute(statement, arguments).fetchone()
                     assert row is not None
                     return row[0], row[1], row[2]
                 except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
@@ -333,7 +357,22 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     see what committed before it (see sql/auto_embed.sql)."""
     conn = psycopg.connect(dsn, autocommit=True, application_name="mgte worker")
     conn.execute("SET default_transaction_isolation = 'read committed'")
+    register_vectors(conn)
     return conn
+
+
+def register_vectors(conn: psycopg.Connection[Any]) -> None:
+    """pgvector's adapters (binary too) for `conn`, when its database has the extension."""
+    row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension "
+                       "WHERE extname = 'vector'").fetchone()
+    if row is None:
+        return
+    # By the schema's name: the worker's search_path need not include it.
+    register_vector_info(conn, TypeInfo.fetch(conn, f"{row[0]}.vector"))
+    sparsevec = TypeInfo.fetch(conn, f"{row[0]}.sparsevec")
+    if sparsevec is None:
+        raise UserError("the pgvector extension has no sparsevec type", hint="mgte needs pgvector 0.7 or later")
+    register_sparsevec_info(conn, sparsevec)
 
 
 def enabled_tables(conn: psycopg.Connection[Any], only: int | None = None) -> list[Table]:

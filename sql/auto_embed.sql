@@ -165,11 +165,12 @@ $$;
 -- types, e.g. mgte."docs_claim"(integer, double precision).
 CREATE OR REPLACE FUNCTION mgte._function(cfg mgte.enabled, suffix text, signature boolean DEFAULT false)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format('mgte.%I', cfg.prefix || '_' || suffix) || CASE WHEN signature THEN CASE suffix
-        WHEN 'claim' THEN '(integer, double precision)' WHEN 'settle' THEN '(jsonb)'
+        WHEN 'claim' THEN '(integer, double precision)'
+        WHEN 'settle' THEN format('(jsonb, %1$s.vector[], %1$s.sparsevec[])', mgte._vector_schema())
         WHEN 'requeue' THEN '(boolean)' ELSE '()' END ELSE '' END
 $$;
 
@@ -644,7 +645,7 @@ AS $body$
 $body$
 $sql$
 WHEN 'settle' THEN $sql$
-CREATE FUNCTION {name}(results jsonb)
+CREATE FUNCTION {name}(results jsonb, embeddings {vector}[], sparsevecs {sparsevec}[])
 RETURNS TABLE (stored bigint, failed bigint, released bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
@@ -657,7 +658,9 @@ BEGIN
     -- results: one object per claimed row: its key columns, mgte_lease, mgte_text_md5 and
     -- mgte_outcome: 'stored' (with the mgte_* fields of the embedding), 'failed' (dead
     -- letter, mgte_error), 'retry' (failed alone: give back, count an attempt, mgte_error)
-    -- or 'released' (not tried, e.g. the server is down: give back, mgte_error).
+    -- or 'released' (not tried, e.g. the server is down: give back, mgte_error). The vectors
+    -- of a stored row travel apart, in pgvector's binary form: embeddings[mgte_item] and
+    -- sparsevecs[mgte_item].
     SELECT r.mgte_model INTO served
     FROM jsonb_to_recordset(results) AS r(mgte_outcome text, mgte_model text)
     WHERE r.mgte_outcome = 'stored' AND r.mgte_model IS DISTINCT FROM coalesce(table_model, r.mgte_model)
@@ -677,9 +680,10 @@ BEGIN
     -- Step 2, with a newer snapshot: settle by the text each row holds now.
     RETURN QUERY
     WITH r AS MATERIALIZED (
-        SELECT * FROM jsonb_to_recordset(results) AS r({key_defs}, mgte_lease uuid, mgte_text_md5 text,
-            mgte_outcome text, mgte_error text, mgte_embedding text, mgte_sparse jsonb, mgte_sparsevec text,
-            mgte_model text, mgte_tokens integer, mgte_truncated boolean)),
+        SELECT r.*, embeddings[r.mgte_item] AS mgte_embedding, sparsevecs[r.mgte_item] AS mgte_sparsevec
+        FROM jsonb_to_recordset(results) AS r({key_defs}, mgte_lease uuid, mgte_text_md5 text,
+            mgte_outcome text, mgte_error text, mgte_item integer, mgte_sparse jsonb, mgte_model text,
+            mgte_tokens integer, mgte_truncated boolean)),
     mine AS MATERIALIZED (
         SELECT r.*, q.attempts AS mgte_attempts,
                coalesce(md5(t.{text}::text) = r.mgte_text_md5, false) AS mgte_current

@@ -8,6 +8,7 @@ test goes on. No sleeps decide an order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from mgte.client import Client
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
-from mgte.worker import Outcome, Pipeline, Row, enabled_tables
+from mgte.worker import Outcome, Pipeline, Row, enabled_tables, register_vectors, settle_arguments
 from mgte_udf.records import FIELDS, records
 from tests.databases import Connection, Database, database, wait_until
 
@@ -31,6 +32,7 @@ def db(cluster: Cluster, server: ServerProcess) -> Iterator[Database]:
         fresh.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
         fresh.conn.execute("SELECT mgte_enable('docs', 'body')")
         fresh.conn.execute("INSERT INTO docs SELECT g, 'document ' || g FROM generate_series(1, %s) g", [ROWS])
+        register_vectors(fresh.conn)
         yield fresh
 
 
@@ -39,6 +41,7 @@ class Session:
 
     def __init__(self, db: Database) -> None:
         self.conn: Connection = psycopg.connect(db.conninfo, autocommit=True)
+        register_vectors(self.conn)
         self.pid = self.conn.info.backend_pid
         self._thread = ThreadPoolExecutor(max_workers=1)
         self._observer = db
@@ -73,13 +76,18 @@ def claim(conn: Connection, lease_seconds: float = 600) -> list[Row]:
 
 def embed(client: Client, rows: list[Row]) -> list[Outcome]:
     encoded = client.encode([r.body for r in rows], dense=True, sparse=True, sparse_ids=True)
-    return [Outcome(row, "stored", fields=record.fields())
+    return [Outcome(row, "stored", record=record)
             for row, record in zip(rows, records(encoded, 250048), strict=True)]
 
 
-def settle_statement(outcomes: list[Outcome]) -> tuple[str, list[Any]]:
-    return "SELECT stored, failed, released FROM mgte.docs_settle(%s)", [
-        psycopg.types.json.Jsonb([o.as_json() for o in outcomes])]
+def settle_statement(outcomes: list[Outcome]) -> tuple[str, tuple[Any, ...]]:
+    return "SELECT stored, failed, released FROM mgte.docs_settle(%b, %b, %b)", settle_arguments(outcomes)
+
+
+def from_another_model(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        assert outcome.record is not None
+        outcome.record = dataclasses.replace(outcome.record, model="some-other-model")
 
 
 def settle(conn: Connection, outcomes: list[Outcome]) -> tuple[int, int, int]:
@@ -267,8 +275,7 @@ def test_a_settle_refuses_the_vectors_of_another_model(db: Database, client: Cli
     assert model == client.info()["model"]["id"]
     db.conn.execute("UPDATE docs SET body = 'to re-embed' WHERE id = 1")
     outcomes = embed(client, claim(db.conn))
-    for outcome in outcomes:
-        outcome.fields["mgte_model"] = "some-other-model"
+    from_another_model(outcomes)
     with pytest.raises(psycopg.Error) as raised:
         settle(db.conn, outcomes)
     assert raised.value.sqlstate == "55000"
@@ -292,8 +299,7 @@ def test_the_worker_gives_back_a_batch_the_table_refuses_for_its_model(db: Datab
     with ThreadPoolExecutor(max_workers=1) as thread:
         pipeline = Pipeline(db.conn, thread)
         outcomes = embed(client, pipeline.claim(table, 10, 600).result())
-        for outcome in outcomes:
-            outcome.fields["mgte_model"] = "some-other-model"
+        from_another_model(outcomes)
         result = pipeline.settle(table, outcomes, 0.0).result()
     assert (result.stored, result.failed, result.released) == (0, 0, 2)
     assert queued(db) == {1: False, 2: False}

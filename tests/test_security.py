@@ -105,7 +105,7 @@ def test_eve_can_read_change_disable_or_drain_nothing_of_alice(db: Database) -> 
         denied(eve, "SELECT mgte_grant_search('alice.docs', 'eve')")
         denied(eve, "SELECT mgte_enable('alice.docs', 'body', mode => 'sync')")
         denied(eve, "SELECT * FROM mgte.docs_claim(100, 600)")
-        denied(eve, "SELECT * FROM mgte.docs_settle('[]')")
+        denied(eve, "SELECT * FROM mgte.docs_settle('[]', NULL, NULL)")
         denied(eve, "SELECT mgte.docs_requeue(false)")
         denied(eve, "SELECT * FROM mgte.docs_status()")
         denied(eve, "UPDATE mgte.enabled SET mode = 'sync'")

@@ -1,9 +1,10 @@
-"""What auto-embedding stores for each row, as the text forms PostgreSQL parses.
+"""What auto-embedding stores for each row.
 
-The worker (psycopg, through a table's _settle function) and the synchronous trigger
-(PL/Python, through mgte._encode) both store these, so both build them here. Their field
-names, FIELDS, are the column names that SQL reads (sql/auto_embed.sql: the results of
-_settle, the columns of mgte._encode).
+The worker (psycopg, through a table's _settle function, vectors in pgvector's binary form)
+and the synchronous trigger (PL/Python, through mgte._encode, in the text forms PostgreSQL
+parses) both store these, so both build them here. Their field names, FIELDS, are the column
+names that SQL reads (sql/auto_embed.sql: the results of _settle, the columns of
+mgte._encode).
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ FIELDS = ("mgte_embedding", "mgte_sparse", "mgte_sparsevec", "mgte_model", "mgte
 
 @dataclass(frozen=True)
 class EmbeddingRecord:
-    embedding: str  # vector literal
+    embedding: list[float]
     sparse: dict[str, float] | None  # for jsonb, keyed by token string
-    sparsevec: str | None  # sparsevec literal, top SPARSEVEC_MAX_NNZ weights keyed by token id
+    sparsevec: dict[int, float] | None  # the weights the sparsevec keeps (top_weights), keyed by token id
+    vocab_size: int  # the sparsevec's dimensions
     model: str
     tokens: int
     truncated: bool
 
     def fields(self) -> dict[str, Any]:
-        """The record under its FIELDS names."""
-        return dict(zip(FIELDS, (self.embedding, self.sparse, self.sparsevec, self.model, self.tokens,
+        """The record under its FIELDS names, vectors as text literals."""
+        sparsevec = None if self.sparsevec is None else sparsevec_literal(self.sparsevec, self.vocab_size)
+        return dict(zip(FIELDS, (vector_literal(self.embedding), self.sparse, sparsevec, self.model, self.tokens,
                                  self.truncated), strict=True))
 
 
@@ -43,9 +46,10 @@ def records(encoded: Encoded, vocab_size: int) -> list[EmbeddingRecord]:
     for i, vector in enumerate(encoded.dense):
         by_id = encoded.sparse_ids[i] if encoded.sparse_ids is not None else None
         out.append(EmbeddingRecord(
-            embedding=vector_literal(vector),
+            embedding=vector,
             sparse=encoded.sparse[i] if encoded.sparse is not None else None,
-            sparsevec=None if by_id is None else sparsevec_literal(by_id, vocab_size),
+            sparsevec=None if by_id is None else top_weights(by_id),
+            vocab_size=vocab_size,
             model=encoded.model,
             tokens=encoded.tokens[i],
             truncated=i in truncated,
@@ -53,13 +57,18 @@ def records(encoded: Encoded, vocab_size: int) -> list[EmbeddingRecord]:
     return out
 
 
+def top_weights(weights: dict[int, float], keep: int = SPARSEVEC_MAX_NNZ) -> dict[int, float]:
+    """The `keep` largest weights (ties by token id), in token id order."""
+    return dict(sorted(sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:keep]))
+
+
 def vector_literal(values: Sequence[float]) -> str:
     # repr() round-trips each float32 exactly through pgvector's parser.
     return "[" + ",".join(map(repr, values)) + "]"
 
 
-def sparsevec_literal(weights: dict[int, float], dimensions: int, keep: int = SPARSEVEC_MAX_NNZ) -> str:
-    """The `keep` largest weights (ties by token id). Token ids count from 0, sparsevec
-    indices from 1: token id i is index i + 1."""
-    top = sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:keep]
-    return "{" + ",".join(f"{token_id + 1}:{weight!r}" for token_id, weight in sorted(top)) + f"}}/{dimensions}"
+def sparsevec_literal(weights: dict[int, float], dimensions: int) -> str:
+    """The `top_weights` of `weights`. Token ids count from 0, sparsevec indices from 1: token
+    id i is index i + 1."""
+    return "{" + ",".join(f"{token_id + 1}:{weight!r}" for token_id, weight in top_weights(weights).items()) \
+        + f"}}/{dimensions}"
