@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import torch
 import transformers
+from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from mgte import tiny
@@ -79,6 +80,7 @@ def bench_database(model: str, reranker: str | None = None) -> Iterator[BenchDat
         conninfo = cluster.conninfo("mgte_bench")
         with psycopg.connect(conninfo, autocommit=True) as db:
             db.execute("CREATE EXTENSION mgte CASCADE")
+            register_vector(db)
             yield BenchDatabase(root, cluster, server, db, conninfo)
     finally:
         server.stop()

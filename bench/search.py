@@ -107,7 +107,7 @@ def pruning(docs: int, queries: int) -> None:
               f"mean {nnz[1] if nnz else 0}; sparsevec keeps 1000")
         exact_vs_pruned, exact_vs_index, in_candidates = [], [], []
         for ask in asks:
-            row = db.execute("SELECT mgte_sparse(%s), mgte_sparsevec(%s)::text", [ask, ask]).fetchone()
+            row = db.execute("SELECT mgte_sparse(%s), mgte_sparsevec(%s)", [ask, ask]).fetchone()
             assert row is not None
             q_sparse, q_vec = row
             exact = {row[0] for row in db.execute(
@@ -116,10 +116,10 @@ def pruning(docs: int, queries: int) -> None:
             with db.transaction():
                 db.execute("SET LOCAL enable_indexscan = off")
                 pruned = {row[0] for row in db.execute(
-                    "SELECT id FROM mgte.docs_embeddings ORDER BY sparsevec <#> %s::sparsevec, id LIMIT 10",
+                    "SELECT id FROM mgte.docs_embeddings ORDER BY sparsevec <#> %s, id LIMIT 10",
                     [q_vec]).fetchall()}
             indexed = [row[0] for row in db.execute(
-                "SELECT id FROM mgte.docs_embeddings ORDER BY sparsevec <#> %s::sparsevec LIMIT 50",
+                "SELECT id FROM mgte.docs_embeddings ORDER BY sparsevec <#> %s LIMIT 50",
                 [q_vec]).fetchall()]
             exact_vs_pruned.append(len(exact & pruned) / 10)
             exact_vs_index.append(len(exact & set(indexed[:10])) / 10)
