@@ -95,7 +95,6 @@ class _Named(ColumnElement[Any]):
     def __init__(self, name: str, value: ColumnElement[Any]) -> None:
         self.name = name
         self.value = value
-        self.type = value.type
 
 
 @compiles(_Named)
