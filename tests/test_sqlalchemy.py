@@ -244,10 +244,11 @@ def test_alembic_migration_enables_and_disables(engine: Engine) -> None:
     assert "SELECT mgte_enable(CAST('app.notes' AS REGCLASS), 'body', mode => 'sync')" in script.getvalue()
 
 
-def test_enabling_twice_changes_nothing_but_the_options(engine: Engine) -> None:
+def test_enabling_again_keeps_the_embeddings(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(enable(Doc, "body", mode="sync"))
-        assert conn.scalar(text("SELECT mode FROM mgte.enabled WHERE tbl = 'app.docs'::regclass")) == "sync"
+        conn.execute(enable(Doc, "body", mode="sync", sync_timeout_ms=10000))
+        assert conn.scalar(text("SELECT sync_timeout_ms FROM mgte.enabled WHERE tbl = 'app.docs'::regclass")) == 10000
+        assert conn.scalar(select(func.count()).select_from(embeddings_table(conn, Doc))) == 40
 
 
 def test_async_sessions_with_a_worker(cluster: Cluster, db: Database) -> None:
