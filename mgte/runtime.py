@@ -9,11 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import safetensors.torch
 import torch
+import torch.nn.functional as F
 import transformers
+from tokenizers import normalizers
 
 from mgte import heads
-from mgte.checkpoint import Checkpoint
+from mgte.checkpoint import Checkpoint, Dense, Normalize, PoolingMode
 from mgte.errors import UserError
 from mgte.gte_config import GTE_CLASS
 
@@ -69,19 +72,20 @@ class Model:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        pooling = checkpoint.pooling
-        self.max_length = int(pooling.max_length if pooling and pooling.max_length
-                              else checkpoint.config.max_position_embeddings)
+        self.max_length = int(checkpoint.config.max_position_embeddings)
         self.hidden_size = int(checkpoint.config.hidden_size)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            checkpoint.path, config=checkpoint.config, trust_remote_code=False)
+            checkpoint.encoder_path, config=checkpoint.config, trust_remote_code=False)
         if self.tokenizer.pad_token_id is None:
             raise UserError(f"the tokenizer of {checkpoint.source} has no padding token")
-        model_class = (transformers.AutoModel if checkpoint.format == "sentence-transformers"
-                       else getattr(transformers, GTE_CLASS[checkpoint.kind]))
+        if checkpoint.format == "sentence-transformers":
+            # No pooler: sentence-transformers never uses it, and folders often come without its weights.
+            model_class, options = transformers.AutoModel, {"add_pooling_layer": False}
+        else:
+            model_class, options = getattr(transformers, GTE_CLASS[checkpoint.kind]), {}
         module, loading = model_class.from_pretrained(
-            checkpoint.path, config=checkpoint.config, dtype=dtype, attn_implementation="sdpa",
-            output_loading_info=True, trust_remote_code=False)
+            checkpoint.encoder_path, config=checkpoint.config, dtype=dtype, attn_implementation="sdpa",
+            output_loading_info=True, trust_remote_code=False, **options)
         if loading["missing_keys"] or loading.get("mismatched_keys"):
             missing = sorted(loading["missing_keys"]) + [str(k) for k in loading.get("mismatched_keys", [])]
             raise UserError(f"{checkpoint.source}: weights missing or of the wrong shape: {', '.join(missing[:8])}",
@@ -174,28 +178,94 @@ class Embedder(TextEncoder):
 
 
 class SentenceEncoder(TextEncoder):
-    """A sentence-transformers BERT or XLM-R encoder: dense vectors pooled as its own config says."""
+    """A sentence-transformers BERT or XLM-R encoder, run as its modules.json says: the default prompt,
+    the pooling, then its Dense and Normalize modules. A final Normalize is left to the server, which
+    slices the vector to the requested `dim` first."""
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(checkpoint, device, dtype)
-        assert checkpoint.pooling is not None
-        self.pooling = checkpoint.pooling
-        self.normalize = self.pooling.normalize
+        assert checkpoint.sentence is not None
+        self.sentence = sentence = checkpoint.sentence
+        # As sentence-transformers: max_seq_length, else the tokenizer's limit within the position table.
+        self.max_length = sentence.max_length or min(int(self.tokenizer.model_max_length), self.max_length)
+        if sentence.lower_case:
+            # Where sentence-transformers puts it: in front of the tokenizer's own normalisation.
+            backend = self.tokenizer.backend_tokenizer
+            backend.normalizer = normalizers.Sequence(
+                [normalizers.Lowercase(), *([backend.normalizer] if backend.normalizer else [])])
+        self._prompt_tokens = self._count_prompt_tokens() if not sentence.include_prompt else 0
+        after = list(sentence.after_pooling)
+        self.normalize = bool(after) and isinstance(after[-1], Normalize)
+        if self.normalize:
+            after.pop()
+        self._steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        for step in after:
+            if isinstance(step, Dense):
+                self._steps.append(self._dense(step))
+                self.hidden_size = step.out_features  # what the server, the worker and SQL see as the width
+            else:
+                self._steps.append(lambda x: F.normalize(x, p=2.0, dim=-1))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "pooling": self.pooling.mode}
+        sentence = self.sentence
+        prompt = ({"name": sentence.prompt_name, "text": sentence.prompt, "pooled": sentence.include_prompt}
+                  if sentence.prompt else None)
+        # mgte applies the default prompt to every text; the others cannot be chosen per request.
+        unused = {name: text for name, text in sentence.prompts.items() if name != sentence.prompt_name}
+        return {**super().describe(), "pooling": sentence.pooling, "modules": sentence.modules,
+                "prompt": prompt, "unused_prompts": unused}
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
+        return super().tokenize([self.sentence.prompt + text for text in texts])
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
         input_ids, mask = self._padded(batch)
         mask = mask.to(self.device)
         hidden = self.module(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state.float()
-        if self.pooling.mode == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        pooled = _pool(hidden, mask, self.sentence.pooling, self._prompt_tokens)
+        for step in self._steps:
+            pooled = step(pooled)
         return [EmbeddingOutput(state, None) for state in pooled.cpu()]
+
+    def _count_prompt_tokens(self) -> int:
+        """The prompt's length as sentence-transformers counts it: tokenised alone, the leading special
+        token included, a trailing one not."""
+        if not self.sentence.prompt:
+            return 0
+        ids = self.tokenizer(self.sentence.prompt, truncation=True, max_length=self.max_length)["input_ids"]
+        return len(ids) - (1 if ids and ids[-1] in self.tokenizer.all_special_ids else 0)
+
+    def _dense(self, dense: Dense) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The layer as a function on float32 vectors of `hidden_size` values."""
+        weights = safetensors.torch.load_file(dense.weights, device=str(self.device))
+        expected: dict[str, tuple[int, ...]] = {"linear.weight": (dense.out_features, dense.in_features)}
+        if dense.bias:
+            expected["linear.bias"] = (dense.out_features,)
+        shapes = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+        if dense.in_features != self.hidden_size or shapes != expected:
+            raise UserError(f"{self.checkpoint.source}: the Dense layer in {dense.weights.parent.name} takes "
+                            f"{dense.in_features} values, holds {shapes} and follows a {self.hidden_size}-value "
+                            f"vector; expected {expected}",
+                            hint="the folder is incomplete or inconsistent; save it again with sentence-transformers")
+        weight, bias = weights["linear.weight"].float(), weights.get("linear.bias")
+        bias = None if bias is None else bias.float()
+        if dense.activation == "Tanh":
+            return lambda x: torch.tanh(F.linear(x, weight, bias))
+        return lambda x: F.linear(x, weight, bias)
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: PoolingMode, skip: int) -> torch.Tensor:
+    """sentence-transformers' Pooling of right-padded rows, leaving out the first `skip` tokens (the prompt)."""
+    keep = mask.clone()
+    keep[:, :skip] = 0
+    if mode == "cls":
+        first = keep.argmax(dim=1)  # the [CLS] token, or the first one after the prompt
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    weights = keep.unsqueeze(-1).float()
+    if mode == "max":
+        return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
 def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> TextEncoder:
