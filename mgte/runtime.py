@@ -79,8 +79,12 @@ class Model:
         if self.tokenizer.pad_token_id is None:
             raise UserError(f"the tokenizer of {checkpoint.source} has no padding token")
         if checkpoint.format == "sentence-transformers":
-            # No pooler: sentence-transformers never uses it, and folders often come without its weights.
-            model_class, options = transformers.AutoModel, {"add_pooling_layer": False}
+            # No pooler: sentence-transformers never uses it, and folders often come without its
+            # weights; those that have them load without a warning about them.
+            encoder: type[Any] = transformers.MODEL_MAPPING[type(checkpoint.config)]  # type: ignore[assignment]
+            model_class: Any = type(encoder.__name__, (encoder,),
+                                    {"_keys_to_ignore_on_load_unexpected": [r"^pooler\."]})
+            options = {"add_pooling_layer": False}
         else:
             model_class, options = getattr(transformers, GTE_CLASS[checkpoint.kind]), {}
         module, loading = model_class.from_pretrained(

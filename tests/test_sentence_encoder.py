@@ -86,6 +86,7 @@ def test_minilm_like_sentence_transformers(minilm: ServerProcess) -> None:
     assert_like_sentence_transformers(vectors, MINILM)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > 0.5 > similarity[0, 2]  # trained weights: meaning, not noise
+    assert "pooler" not in minilm.log_text()  # its unused pooler weights are no cause for a warning
 
 
 def test_info_and_limits(minilm: ServerProcess) -> None:
