@@ -73,6 +73,27 @@ class Cluster:
         """Creates the cluster unless it already exists."""
         if (self.data / "PG_VERSION").is_file():
             return
+        self._make_directories()
+        self._run("initdb", "--pgdata", str(self.data), "--username", self.user, "--auth", "trust",
+                  "--encoding", "UTF8", "--locale", "C.UTF-8", "--no-sync")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(_SETTINGS.format(socket_dir=self.socket_dir, port=self.port))
+
+    def init_standby(self, primary: Cluster) -> None:
+        """Creates the cluster as a streaming hot standby of the running `primary`: a base backup
+        that follows the primary's WAL (pg_basebackup --write-recovery-conf)."""
+        self._make_directories()
+        self._run("pg_basebackup", "--pgdata", str(self.data), "--dbname", primary.conninfo(),
+                  "--write-recovery-conf", "--checkpoint", "fast", "--wal-method", "stream", "--no-sync")
+        # The copied configuration names the primary's socket directory; the last setting wins.
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"unix_socket_directories = '{self.socket_dir}'\n")
+
+    def promote(self) -> None:
+        """Ends a standby's recovery: it becomes a primary that accepts writes."""
+        self._run("pg_ctl", "--pgdata", str(self.data), "--wait", "promote")
+
+    def _make_directories(self) -> None:
         for path in (self.root, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o755)  # the mgte server's socket may live here too
@@ -81,10 +102,6 @@ class Cluster:
         if self.owner is not None and self._run("test", "-w", str(self.root), check=False, bindir=False) != 0:
             raise UserError(f"the {self.owner.pw_name} user, which runs PostgreSQL here, cannot write {self.root}",
                             hint="choose a directory outside private home directories, e.g. under /tmp or /var/tmp")
-        self._run("initdb", "--pgdata", str(self.data), "--username", self.user, "--auth", "trust",
-                  "--encoding", "UTF8", "--locale", "C.UTF-8", "--no-sync")
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(_SETTINGS.format(socket_dir=self.socket_dir, port=self.port))
 
     def start(self) -> None:
         """Starts the cluster unless it is already running (e.g. left by `mgte demo --keep`)."""

@@ -139,6 +139,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self._failures = 0  # consecutive transient failures, for the back-off
         self._mismatch_reported: set[tuple[str, str]] = set()
+        self._standby_reported = False
 
     def run(self, only: int | None = None, until_done: bool = False,
             progress: Callable[[BatchResult], None] | None = None) -> None:
@@ -146,10 +147,33 @@ class Worker:
         A lost database connection is re-opened with the same back-off as a lost server."""
         while not self.stop.is_set():
             try:
+                if self._on_standby(until_done):
+                    self.stop.wait(self.settings.poll_seconds)
+                    continue
                 self._run_connected(only, until_done, progress)
                 return
             except psycopg.OperationalError as exc:
                 self._back_off("database", str(exc).strip())
+
+    def _on_standby(self, until_done: bool) -> bool:
+        """Whether the database is a hot standby, where nothing can be claimed or stored; says
+        so once. The worker waits rather than exits, since a standby may be promoted."""
+        with psycopg.connect(self.settings.dsn, autocommit=True, application_name="mgte worker") as conn:
+            row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+            where = f"database {conn.info.dbname!r} at {conn.info.host}:{conn.info.port}"
+        if not (row and row[0]):
+            if self._standby_reported:
+                log.info("%s is no longer a standby: auto-embedding starts", where)
+            self._standby_reported = False
+            return False
+        if until_done:
+            raise UserError(f"{where} is a hot standby (read-only): nothing can be embedded there",
+                            hint="point --dsn at the primary")
+        if not self._standby_reported:
+            self._standby_reported = True
+            log.warning("%s is a hot standby (read-only): auto-embedding runs against the primary; waiting, "
+                        "in case it is promoted", where)
+        return True
 
     def _run_connected(self, only: int | None, until_done: bool,
                        progress: Callable[[BatchResult], None] | None) -> None:
