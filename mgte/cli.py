@@ -104,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     _worker_options(backfill)
     backfill.set_defaults(run=_backfill)
 
+    doctor = commands.add_parser("doctor", help="check an installation from PostgreSQL's point of view",
+                                 description=(
+        "Check one database and the model server as PostgreSQL sees them: versions, required extensions, "
+        "the socket as PostgreSQL's OS user reaches it, the served model against each enabled table, "
+        "workers, queue lag and failures. One line per check (ok, warn, fail; skip when an earlier "
+        "failure prevents it) with its fix. Exit status: 0 all ok, 1 warnings, 2 a failure."))
+    _option(doctor, "--dsn", "MGTE_DSN", "",
+            "the database, as a libpq connection string of a superuser; empty uses the PG* environment variables")
+    _option(doctor, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
+    doctor.add_argument("--json", action="store_true",
+                        help="print a JSON list of {check, status, message, fix, table} instead, for monitoring")
+    doctor.set_defaults(run=_doctor)
+
     demo = commands.add_parser("demo", help="hybrid multilingual search in a private PostgreSQL cluster",
                                description=(
         "Start a private PostgreSQL cluster and an mgte server, store sample documents in several "
@@ -230,6 +243,14 @@ def _info(args: argparse.Namespace) -> int:
     with Client(str(args.socket), timeout=10) as client:
         print(json.dumps(client.info(), indent=2, ensure_ascii=False))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from mgte.doctor import as_json, diagnose, exit_status, render
+
+    checks = diagnose(args.dsn, str(args.socket))
+    print(as_json(checks) if args.json else render(checks))
+    return exit_status(checks)
 
 
 def _demo(args: argparse.Namespace) -> int:
