@@ -59,10 +59,46 @@ COMMENT ON TABLE mgte.reembeddings IS 'tables being re-embedded with another mod
 SELECT pg_catalog.pg_extension_config_dump('mgte.reembeddings', '');
 GRANT SELECT ON mgte.reembeddings TO PUBLIC;
 
+-- Tables enabled under 0.1.0 get 0.2.0's per-table objects. Their triggers call
+-- mgte._on_change(), dropped below, and their new objects are made by functions of sql/,
+-- which comes after the migrations: so here each table's triggers go, and its configuration,
+-- embeddings, queue and dead letters move aside to schema mgte_upgrade (renamed after the
+-- table's oid, so that no name there or in schema mgte is taken), where sql/upgrade.sql
+-- finds them. The search view stays: its definition is 0.2.0's. A fresh install has
+-- nothing to move.
+DO $$
+DECLARE
+    cfg mgte.enabled;
+    event text;
+    saved_path text := pg_catalog.current_setting('search_path');
+BEGIN
+    IF NOT EXISTS (SELECT FROM mgte.enabled) THEN
+        RETURN;
+    END IF;
+    -- Only pg_catalog's functions and operators, never one a user put in the extension's schema.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    CREATE SCHEMA mgte_upgrade;
+    -- Each owner's copy of her queue entries reads her set-aside queue (sql/upgrade.sql).
+    GRANT USAGE ON SCHEMA mgte_upgrade TO PUBLIC;
+    CREATE TABLE mgte_upgrade.enabled AS SELECT * FROM mgte.enabled;
+    FOR cfg IN SELECT * FROM mgte.enabled LOOP
+        FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'mgte_' || event, cfg.tbl);
+        END LOOP;
+        EXECUTE format('ALTER TABLE %s RENAME TO %I', cfg.embeddings, cfg.tbl::oid || '_embeddings');
+        EXECUTE format('ALTER TABLE %s RENAME TO %I', cfg.queue, cfg.tbl::oid || '_queue');
+        EXECUTE format('ALTER TABLE %s RENAME TO %I', cfg.failed, cfg.tbl::oid || '_failed');
+        EXECUTE format('ALTER TABLE %s SET SCHEMA mgte_upgrade', cfg.embeddings);
+        EXECUTE format('ALTER TABLE %s SET SCHEMA mgte_upgrade', cfg.queue);
+        EXECUTE format('ALTER TABLE %s SET SCHEMA mgte_upgrade', cfg.failed);
+    END LOOP;
+    DELETE FROM mgte.enabled;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
+END
+$$;
+
 -- Functions of 0.1.0 that 0.2.0 replaces with others, or whose result type changed (which
--- CREATE OR REPLACE cannot do). A 0.1.0 database with enabled tables still has triggers on
--- mgte._on_change(): converting those tables to 0.2.0's per-table objects is the upgrade
--- script's work, and until it exists this drop fails rather than leave them half-done.
+-- CREATE OR REPLACE cannot do).
 DROP FUNCTION IF EXISTS mgte._on_change();
 DROP FUNCTION IF EXISTS mgte._store_statement(mgte.enabled, text);
 DROP FUNCTION IF EXISTS mgte._settle_statement(mgte.enabled, text);

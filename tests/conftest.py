@@ -91,6 +91,12 @@ def _check_installed_extension() -> None:
              (REPO / "extension" / "mgte.control", sharedir / "extension" / "mgte.control")]
     pairs += [(source, sharedir / "mgte" / version / "mgte_udf" / source.name)
               for source in sorted((REPO / "python_udf" / "mgte_udf").glob("*.py"))]
+    # Earlier releases: their install scripts, the updates from them, their clients.
+    for release in sorted({p.name for p in (REPO / "extension" / "releases").iterdir()} - {version}):
+        pairs += [(REPO / "extension" / name, sharedir / "extension" / name)
+                  for name in (f"mgte--{release}.sql", f"mgte--{release}--{version}.sql")]
+        pairs += [(source, sharedir / "mgte" / release / "mgte_udf" / source.name)
+                  for source in sorted((REPO / "extension" / "releases" / release / "mgte_udf").glob("*.py"))]
     stale = [str(installed) for source, installed in pairs
              if not installed.is_file() or installed.read_bytes() != source.read_bytes()]
     if stale:
