@@ -29,15 +29,6 @@ _STATEMENT_CACHE_SIZE = 1024
 T = TypeVar("T")
 
 
-def check_version(plpy: Any, sql_version: str) -> None:
-    if mgte_udf.__version__ != sql_version:
-        plpy.error(
-            f"the mgte extension's SQL is version {sql_version} but its Python client is "
-            f"{mgte_udf.__version__}", sqlstate="XX000",
-            hint="reconnect after ALTER EXTENSION mgte UPDATE; if that does not help, reinstall "
-                 "the extension (make -C extension install)")
-
-
 def embed(plpy: Any, GD: dict[str, Any], text: str | None, dim: int | None) -> str | None:
     if text is None:
         return None

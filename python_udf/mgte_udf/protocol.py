@@ -93,7 +93,8 @@ def parse_prefix(prefix: bytes, max_json: int, max_payload: int) -> tuple[int, i
     if version != PROTOCOL_VERSION:
         raise ProtocolMismatch(
             f"protocol version {version} is not supported; this side speaks version {PROTOCOL_VERSION}",
-            hint="install the same mgte release for the server and the client (extension)",
+            hint="install the same mgte release for the server and the client (the extension): restart "
+                 "`mgte serve` once it is updated, and reconnect after ALTER EXTENSION mgte UPDATE",
         )
     if kind not in (REQUEST, RESPONSE):
         raise ProtocolMismatch(f"unknown frame kind {kind}")
