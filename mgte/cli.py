@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -18,6 +18,9 @@ from mgte.errors import UserError
 from mgte.worker import LEASE_MARGIN_SECONDS
 from mgte_udf import protocol
 from mgte_udf.errors import MgteError
+
+if TYPE_CHECKING:
+    from mgte.metrics import Exporter
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-multilingual-base"
 DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     _option(serve, "--threads", "MGTE_THREADS", 0, "CPU threads for the model; 0 lets torch choose",
             type=_natural)
     _option(serve, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
+    _metrics_options(serve)
     serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="print a running server's models, limits and counters")
@@ -95,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "Drain the queues of every table enabled with mgte_enable() in one database: claim rows, "
         "embed them with the server, store the results. Several workers may run at once."))
     _worker_options(worker)
+    _metrics_options(worker)
     worker.set_defaults(run=_worker)
 
     backfill = commands.add_parser("backfill", help="embed one table's queued rows now, with progress",
@@ -159,6 +164,29 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--log-level", "MGTE_LOG_LEVEL", "info", "debug, info, warning or error", type=_log_level)
 
 
+def _metrics_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--metrics-address", "MGTE_METRICS_ADDRESS", "",
+            "HOST:PORT to serve Prometheus metrics on (http://HOST:PORT/metrics), e.g. 127.0.0.1:9464; "
+            "empty for none. Needs pip install 'mgte[metrics]'")
+    allowed = os.environ.get("MGTE_METRICS_ALLOW_REMOTE", "").lower() in ("1", "true", "yes", "on")
+    parser.add_argument("--metrics-allow-remote", action="store_true", default=allowed,
+                        help="let --metrics-address be other than a loopback address; the endpoint has no "
+                             "authentication. The variable takes 1 or true [env MGTE_METRICS_ALLOW_REMOTE; "
+                             "default off]")
+
+
+def _metrics(args: argparse.Namespace) -> Exporter | None:
+    """The started mgte.metrics.Exporter when --metrics-address is given, else None. Started
+    before anything slow, so that a wrong address or a missing package shows at once."""
+    if not args.metrics_address:
+        return None
+    from mgte.metrics import Exporter
+
+    exporter = Exporter(args.metrics_address, args.metrics_allow_remote)
+    exporter.start()
+    return exporter
+
+
 def _worker_settings(args: argparse.Namespace) -> Any:
     from mgte.worker import Settings
 
@@ -182,8 +210,16 @@ def _worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    settings = _worker_settings(args)
+    exporter = _metrics(args)
+    worker = Worker(settings, stop)
+    if exporter is not None:
+        from mgte.metrics import WorkerBatches, WorkerQueues
+
+        worker.observer = WorkerBatches(exporter.registry).settled
+        exporter.registry.register(WorkerQueues(settings.dsn))
     logging.getLogger("mgte.worker").info("worker started (socket %s)", args.socket)
-    Worker(_worker_settings(args), stop).run()
+    worker.run()
     return 0
 
 
@@ -201,6 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
     # full-size query, 1,965 rows/s auto-embedding (tiny model); 3000 spins 66.9 ms, 2,966
     # rows/s; no spin (OMP_WAIT_POLICY=PASSIVE) 79.1 ms, 3,187 rows/s. Set before torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
+    exporter = _metrics(args)
     import torch
     import transformers
 
@@ -208,7 +246,6 @@ def _serve(args: argparse.Namespace) -> int:
     from mgte.runtime import Reranker, load_encoder, resolve_device, resolve_dtype
     from mgte.server import Limits, Server, Settings
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -233,7 +270,13 @@ def _serve(args: argparse.Namespace) -> int:
     reranker = Reranker(load_checkpoint(args.reranker, "reranker"), device, dtype) if args.reranker else None
     settings = Settings(socket_path=args.socket, socket_mode=args.socket_mode,
                         socket_group=args.socket_group, limits=limits)
-    Server(settings, embedder, reranker).run()
+    server = Server(settings, embedder, reranker)
+    if exporter is not None:
+        from mgte.metrics import ServerRequests, ServerState
+
+        server.observer = ServerRequests(exporter.registry)
+        exporter.registry.register(ServerState(server))
+    server.run()
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -68,6 +68,14 @@ class Limits:
     frame_read_timeout: float
 
 
+class RequestObserver(Protocol):
+    """Told of every request answered (mgte.metrics counts them): its operation, "unknown" when
+    the server could not read one; its outcome, "ok" or the error code; and, for a request read
+    whole, the seconds from then until its answer was ready."""
+
+    def request(self, op: str, outcome: str, seconds: float | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class Settings:
     socket_path: Path
@@ -89,6 +97,7 @@ class Server:
         self.limits = settings.limits
         self.embedder = embedder
         self.reranker = reranker
+        self.observer: RequestObserver | None = None  # set by `mgte serve --metrics-address`
         self.batcher = Batcher(self.limits.max_batch_tokens, self.limits.max_queue_texts)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mgte-io")
         self._decode = functools.lru_cache(maxsize=None)(embedder.decode_token)
@@ -100,6 +109,7 @@ class Server:
         self._requests: dict[str, int] = dict.fromkeys(_FIELDS, 0)
         self._errors: dict[str, int] = {}
         self._refused_connections = 0
+        self._refused_requests = 0
         self._pending_bytes = 0
 
     def run(self) -> None:
@@ -158,6 +168,7 @@ class Server:
             prefix = first + await _read(reader, protocol.PREFIX.size - 1, deadline)
             json_length = self._request_length(prefix)
             if self._pending_bytes + json_length > self.limits.max_pending_bytes:
+                self._refused_requests += 1
                 await _discard(reader, json_length, deadline)  # the stream stays in sync
                 await self._reply_error(writer, Overloaded(
                     f"mgte server overloaded: {self._pending_bytes} bytes of requests are being read or "
@@ -213,17 +224,23 @@ class Server:
         return asyncio.get_running_loop().time() + self.limits.frame_read_timeout
 
     async def _reply_error(self, writer: asyncio.StreamWriter, error: MgteError) -> None:
+        """For requests refused or unreadable before their operation is known."""
         self._count_error(error)
+        if self.observer is not None:
+            self.observer.request("unknown", error.code, None)
         await _reply(writer, protocol.error_header(error))
 
     async def _answer(self, body: bytes) -> tuple[dict[str, Any], bytes]:
         self._inflight += 1
+        started = time.perf_counter()
+        answered_op, outcome = "unknown", "ok"
         try:
             self._check_strings(body)
             request = protocol.decode_header(body)
             op = request.get("op")
             if op not in _FIELDS:
                 raise InputRejected(f"unknown op {op!r}; expected one of {', '.join(_FIELDS)}")
+            answered_op = op
             unknown = sorted(set(request) - _FIELDS[op])
             if unknown:
                 raise InputRejected(f"unknown field {unknown[0]!r} in the {op} request; "
@@ -233,15 +250,19 @@ class Server:
             self._requests[op] += 1
             return await getattr(self, f"_{op}")(request)  # type: ignore[no-any-return]
         except MgteError as exc:
+            outcome = exc.code
             self._count_error(exc)
             return protocol.error_header(exc), b""
         except Exception as exc:
             log.exception("request failed")
             error = ServerError(f"internal error: {type(exc).__name__}: {exc}",
                                 hint="this is a bug in mgte; the server log has the traceback")
+            outcome = error.code
             self._count_error(error)
             return protocol.error_header(error), b""
         finally:
+            if self.observer is not None:
+                self.observer.request(answered_op, outcome, time.perf_counter() - started)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -365,10 +386,20 @@ class Server:
             "errors": dict(self._errors),
             "connections": len(self._connections),
             "refused_connections": self._refused_connections,
+            "refused_requests": self._refused_requests,
             "pending_bytes": self._pending_bytes,
             "queued_texts": self.batcher.queued(),
             "batching": counters,
+            "device_memory": self._device_memory(),
         }
+
+    def _device_memory(self) -> dict[str, int] | None:
+        """What torch's caching allocator holds on the embedder's GPU; None on CPU."""
+        device = self.embedder.device
+        if device.type != "cuda":
+            return None
+        return {"allocated_bytes": torch.cuda.memory_allocated(device),
+                "reserved_bytes": torch.cuda.memory_reserved(device)}
 
 
 def listen(settings: Settings) -> socket.socket:

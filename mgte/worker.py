@@ -129,6 +129,10 @@ class BatchResult:
     released: int = 0
 
 
+# Told of each batch settled, with its table's name (mgte.metrics counts them).
+Observer = Callable[[str, BatchResult], None]
+
+
 class Outage(Exception):
     """The server cannot work now; the batch goes back to the queue untouched."""
 
@@ -137,6 +141,7 @@ class Worker:
     def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
+        self.observer: Observer | None = None  # set by `mgte worker --metrics-address`
         self._failures = 0  # consecutive transient failures, for the back-off
         self._mismatch_reported: set[tuple[str, str]] = set()
         self._standby_reported = False
@@ -183,7 +188,7 @@ class Worker:
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgte-db") as db:
             listener.execute("LISTEN mgte")
             while not self.stop.is_set():
-                worked = self._pass(Pipeline(conn, db), client, only, progress)
+                worked = self._pass(Pipeline(conn, db, self.observer), client, only, progress)
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
@@ -329,9 +334,11 @@ class Worker:
 class Pipeline:
     """The worker's database work, run in order on one thread that owns the connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any], thread: ThreadPoolExecutor) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], thread: ThreadPoolExecutor,
+                 observer: Observer | None = None) -> None:
         self.conn = conn
         self.thread = thread
+        self.observer = observer
 
     def claim(self, table: Table, batch_size: int, lease_seconds: float) -> Future[list[Row]]:
         def claim() -> list[Row]:
@@ -363,6 +370,8 @@ class Pipeline:
                 log.error("%s: %s", table.name, why)
                 stored, failed, released = call([Outcome(o.row, "released", error=why) for o in outcomes])
             out = BatchResult(claimed=len(outcomes), stored=stored, failed=failed, released=released)
+            if self.observer is not None:
+                self.observer(table.name, out)
             elapsed = time.perf_counter() - started
             log.info("%s: %d rows: %d stored, %d failed, %d given back (changed meanwhile, or to retry); "
                      "%.2f s, %.0f rows/s", table.name, out.claimed, out.stored, out.failed, out.released,
