@@ -34,7 +34,7 @@ def embed(plpy: Any, GD: dict[str, Any], text: str | None, dim: int | None) -> s
         return None
 
     def compute(client: Client) -> str:
-        result = _request(plpy, lambda: client.encode([text], dense=True, dim=dim))
+        result = _request(plpy, "embed", lambda: client.encode([text], dense=True, dim=dim))
         _notice_truncated(plpy, result.truncated, result.tokens, single=True)
         assert result.dense is not None
         return vector_literal(result.dense[0])
@@ -47,7 +47,8 @@ def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int 
     present = _present(plpy, "mgte_embed", texts)
     out: list[str | None] = [None] * len(texts)
     if present:
-        result = _call(plpy, GD, lambda client: client.encode([texts[i] for i in present], dense=True, dim=dim))
+        result = _call(plpy, GD, "embed", lambda client: client.encode([texts[i] for i in present], dense=True,
+                                                                       dim=dim))
         _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
         assert result.dense is not None
         for i, vector in zip(present, result.dense, strict=True):
@@ -57,7 +58,7 @@ def embed_many(plpy: Any, GD: dict[str, Any], texts: list[Any] | None, dim: int 
 
 def sparse(plpy: Any, GD: dict[str, Any], text: str) -> str:
     def compute(client: Client) -> str:
-        result = _request(plpy, lambda: client.encode([text], dense=False, sparse=True))
+        result = _request(plpy, "sparse", lambda: client.encode([text], dense=False, sparse=True))
         _notice_truncated(plpy, result.truncated, result.tokens, single=True)
         assert result.sparse is not None
         return json.dumps(result.sparse[0], ensure_ascii=False)
@@ -66,7 +67,7 @@ def sparse(plpy: Any, GD: dict[str, Any], text: str) -> str:
 
 def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
     def compute(client: Client) -> str:
-        result = _request(plpy, lambda: client.encode([text], dense=False, sparse_ids=True))
+        result = _request(plpy, "sparsevec", lambda: client.encode([text], dense=False, sparse_ids=True))
         _notice_truncated(plpy, result.truncated, result.tokens, single=True)
         assert result.sparse_ids is not None and result.sparse_dimensions is not None
         return sparsevec_literal(result.sparse_ids[0], result.sparse_dimensions)
@@ -75,7 +76,7 @@ def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
 
 def rerank(plpy: Any, GD: dict[str, Any], query: str, document: str, sigmoid: bool) -> float:
     def compute(client: Client) -> float:
-        result = _request(plpy, lambda: client.score(query, [document], sigmoid=sigmoid))
+        result = _request(plpy, "rerank", lambda: client.score(query, [document], sigmoid=sigmoid))
         _notice_truncated(plpy, result.truncated, result.tokens, single=True)
         return float(result.scores[0])
     return _once_per_statement(plpy, GD, ("rerank", query, document, sigmoid), compute)
@@ -87,7 +88,7 @@ def rerank_many(plpy: Any, GD: dict[str, Any], query: str, documents: list[Any],
     present = _present(plpy, "mgte_rerank", documents)
     scores: list[float | None] = [None] * len(documents)
     if present:
-        result = _call(plpy, GD, lambda client: client.score(query, [documents[i] for i in present],
+        result = _call(plpy, GD, "rerank", lambda client: client.score(query, [documents[i] for i in present],
                                                              sigmoid=sigmoid))
         _notice_truncated(plpy, [present[i] for i in result.truncated], result.tokens, single=False)
         for i, score in zip(present, result.scores, strict=True):
@@ -114,6 +115,7 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
                 hint="vectors of two models cannot be mixed in one table: serve the table's model, or re-embed "
                      "the table with mgte_reembed()")
     except MgteError as exc:
+        _count_error(plpy, "encode")
         if not fall_back:
             plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
         plpy.warning(f"mgte: {len(texts)} row(s) queued for `mgte worker` instead of embedded now: {exc}",
@@ -130,16 +132,16 @@ def encode_rows(plpy: Any, GD: dict[str, Any], texts: list[str] | None, dim: int
 
 
 def info(plpy: Any, GD: dict[str, Any]) -> str:
-    server = _call(plpy, GD, lambda client: client.info())
+    server = _call(plpy, GD, "info", lambda client: client.info())
     client = GD["mgte_client"]
     return json.dumps({"extension_version": mgte_udf.__version__, "socket_path": client.socket_path,
                        "timeout_ms": None if client.timeout is None else round(client.timeout * 1000),
                        **server}, ensure_ascii=False)
 
 
-def _call(plpy: Any, GD: dict[str, Any], request: Callable[[Client], T]) -> T:
+def _call(plpy: Any, GD: dict[str, Any], function: str, request: Callable[[Client], T]) -> T:
     client, _ = _session(plpy, GD)
-    return _request(plpy, lambda: request(client))
+    return _request(plpy, function, lambda: request(client))
 
 
 def _once_per_statement(plpy: Any, GD: dict[str, Any], key: tuple[Any, ...], compute: Callable[[Client], T]) -> T:
@@ -155,12 +157,22 @@ def _once_per_statement(plpy: Any, GD: dict[str, Any], key: tuple[Any, ...], com
     return cache[key]  # type: ignore[no-any-return]
 
 
-def _request(plpy: Any, request: Callable[[], T]) -> T:
+def _request(plpy: Any, function: str, request: Callable[[], T]) -> T:
+    """`request`'s answer, or its MgteError as a Postgres error, counted as `function`'s."""
     try:
         return request()
     except MgteError as exc:
+        _count_error(plpy, function)
         plpy.error(str(exc), hint=exc.hint, sqlstate=exc.sqlstate)
         raise  # plpy.error raises; this tells type checkers so
+
+
+def _count_error(plpy: Any, function: str) -> None:
+    """Counts a failed call for the mgte_stat view, per database and without a write: it calls
+    the function's error counter (sql/stat.sql), an empty function whose calls PostgreSQL's
+    function statistics count (when track_functions is 'pl' or 'all'). The failed call itself is
+    not counted there: PostgreSQL counts a call when it returns."""
+    plpy.execute(f"SELECT mgte._errors_{function}()")
 
 
 def _session(plpy: Any, GD: dict[str, Any], timeout: float | None = None) -> tuple[Client, dict[Any, Any]]:
