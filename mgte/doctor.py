@@ -25,14 +25,13 @@ import psycopg
 from psycopg import sql
 
 from mgte import __version__
+from mgte.worker import APPLICATION_NAME
 from mgte_udf import protocol
 from mgte_udf.client import Client
 from mgte_udf.errors import MgteError
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
-# What mgte.worker.connect() names its sessions.
-WORKER_APPLICATION_NAME = "mgte worker"
 # A queue whose oldest row has waited longer than this is lagging.
 LAG_WARN_SECONDS = 300
 # Longest wait for the server, and for any statement, so that the doctor never hangs.
@@ -381,7 +380,7 @@ def _models(tables: list[Table], served: dict[str, Any] | None, socket_path: str
 def _workers(conn: psycopg.Connection[Any], tables: list[Table], socket_path: str) -> Check:
     connections, = _row(conn, "SELECT count(*) FROM pg_catalog.pg_stat_activity "
                               "WHERE datname = current_database() AND application_name = %s",
-                        WORKER_APPLICATION_NAME)
+                        APPLICATION_NAME)
     if not tables:
         return Check("workers", "ok", f"no table has auto-embedding, so no worker is needed "
                                       f"({connections} worker connections)")

@@ -51,6 +51,8 @@ log = logging.getLogger("mgte.worker")
 LEASE_MARGIN_SECONDS = 60
 # A settle that lost a deadlock against a concurrent write is tried again this often.
 SETTLE_TRIES = 5
+# How the worker's sessions show in pg_stat_activity (mgte doctor counts them by it).
+APPLICATION_NAME = "mgte worker"
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class Worker:
     def _on_standby(self, until_done: bool) -> bool:
         """Whether the database is a hot standby, where nothing can be claimed or stored; says
         so once. The worker waits rather than exits, since a standby may be promoted."""
-        with psycopg.connect(self.settings.dsn, autocommit=True, application_name="mgte worker") as conn:
+        with psycopg.connect(self.settings.dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
             row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
             where = f"database {conn.info.dbname!r} at {conn.info.host}:{conn.info.port}"
         if not (row and row[0]):
@@ -388,7 +390,7 @@ def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None)
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """Autocommit, and READ COMMITTED whatever the defaults: each statement of a settle must
     see what committed before it (see sql/auto_embed.sql)."""
-    conn = psycopg.connect(dsn, autocommit=True, application_name="mgte worker")
+    conn = psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME)
     conn.execute("SET default_transaction_isolation = 'read committed'")
     register_vectors(conn)
     return conn
