@@ -14,7 +14,7 @@ import mgte_udf
 from mgte_udf import protocol
 from mgte_udf.client import DEFAULT_TIMEOUT, Client
 from mgte_udf.errors import MgteError, ModelMismatch
-from mgte_udf.records import records, sparsevec_literal, vector_literal
+from mgte_udf.records import records, sparsevec_literal, top_weights, vector_literal
 
 # The session's own mgte.socket_path counts for superusers and members of mgte_choose_socket
 # only (superusers have every role); for everyone else, the DBA's (_configured_socket_path).
@@ -70,7 +70,7 @@ def sparsevec(plpy: Any, GD: dict[str, Any], text: str) -> str:
         result = _request(plpy, "sparsevec", lambda: client.encode([text], dense=False, sparse_ids=True))
         _notice_truncated(plpy, result.truncated, result.tokens, single=True)
         assert result.sparse_ids is not None and result.sparse_dimensions is not None
-        return sparsevec_literal(result.sparse_ids[0], result.sparse_dimensions)
+        return sparsevec_literal(top_weights(result.sparse_ids[0]), result.sparse_dimensions)
     return _once_per_statement(plpy, GD, ("sparsevec", text), compute)
 
 

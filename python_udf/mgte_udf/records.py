@@ -68,7 +68,7 @@ def vector_literal(values: Sequence[float]) -> str:
 
 
 def sparsevec_literal(weights: dict[int, float], dimensions: int) -> str:
-    """The `top_weights` of `weights`. Token ids count from 0, sparsevec indices from 1: token
-    id i is index i + 1."""
-    return "{" + ",".join(f"{token_id + 1}:{weight!r}" for token_id, weight in top_weights(weights).items()) \
+    """`weights` (already pruned by `top_weights`) as a sparsevec. Token ids count from 0,
+    sparsevec indices from 1: token id i is index i + 1."""
+    return "{" + ",".join(f"{token_id + 1}:{weight!r}" for token_id, weight in sorted(weights.items())) \
         + f"}}/{dimensions}"
