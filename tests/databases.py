@@ -76,22 +76,24 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def database(cluster: Cluster, socket: Path) -> Iterator[Database]:
-    """A fresh database with the extension, its sessions pointed at `socket`."""
+def database(cluster: Cluster, socket: Path, version: str | None = None) -> Iterator[Database]:
+    """A fresh database with the extension (of release `version`, or this one), its sessions
+    pointed at `socket`."""
     name = f"mgte_auto_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         admin.execute(sql.SQL("ALTER DATABASE {} SET mgte.socket_path = {}").format(
             sql.Identifier(name), sql.Literal(str(socket))))
     conn = psycopg.connect(cluster.conninfo(name), autocommit=True)
-    conn.execute("CREATE EXTENSION mgte CASCADE")
+    conn.execute(sql.SQL("CREATE EXTENSION mgte {} CASCADE").format(
+        sql.SQL("VERSION {}").format(sql.Literal(version)) if version else sql.SQL("")))
     db = Database(name, cluster.conninfo(name), conn, socket)
     try:
         yield db
     finally:
         for worker in db.workers:
             stop(worker)
-        conn.close()
+        db.conn.close()  # the test may have replaced it
         with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 

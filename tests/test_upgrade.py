@@ -10,7 +10,6 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,7 +22,7 @@ from mgte_udf import __version__, protocol
 from mgte_udf.client import Client
 from mgte_udf.errors import ProtocolMismatch
 from tests.conftest import shared_tempdir
-from tests.databases import Database, stop, wait_until
+from tests.databases import Database, database, wait_until
 from tests.test_client import fake_server
 
 PREVIOUS = "0.1.0"
@@ -39,26 +38,6 @@ def owner(cluster: Cluster) -> Iterator[str]:
     yield name
     with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-def create_database(cluster: Cluster, socket_path: Path, version: str | None) -> Database:
-    name = f"mgte_upgrade_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("ALTER DATABASE {} SET mgte.socket_path = {}").format(
-            sql.Identifier(name), sql.Literal(str(socket_path))))
-    conn = psycopg.connect(cluster.conninfo(name), autocommit=True)
-    conn.execute(sql.SQL("CREATE EXTENSION mgte {} CASCADE").format(
-        sql.SQL("VERSION {}").format(sql.Literal(version)) if version else sql.SQL("")))
-    return Database(name, cluster.conninfo(name), conn, socket_path)
-
-
-def drop_database(cluster: Cluster, db: Database) -> None:
-    for worker in db.workers:
-        stop(worker)
-    db.conn.close()
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db.name)))
 
 
 def create_tables(db: Database, owner: str) -> None:
@@ -137,9 +116,7 @@ def schema_dump(cluster: Cluster, db: Database) -> str:
 
 
 def test_update_from_the_previous_release(cluster: Cluster, server: ServerProcess, owner: str) -> None:
-    old = create_database(cluster, server.socket, PREVIOUS)
-    fresh = create_database(cluster, server.socket, None)
-    try:
+    with database(cluster, server.socket, PREVIOUS) as old, database(cluster, server.socket) as fresh:
         create_tables(old, owner)
         fill_under_previous_release(old)
         before = contents(old)
@@ -198,9 +175,6 @@ def test_update_from_the_previous_release(cluster: Cluster, server: ServerProces
                            "IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp "
                            "AS $$ SELECT ARRAY['insert', 'update', 'delete'] $$")
         assert schema_dump(cluster, fresh) != expected
-    finally:
-        drop_database(cluster, old)
-        drop_database(cluster, fresh)
 
 
 def test_server_refuses_another_protocol_version(server: ServerProcess) -> None:
@@ -235,13 +209,10 @@ def test_client_and_sql_refuse_another_protocol_version(cluster: Cluster, server
             client.health()
         assert mismatch.value.sqlstate == "08P01"
         assert mismatch.value.hint is not None and "same mgte release" in mismatch.value.hint
-        db = create_database(cluster, server.socket, None)
-        try:
+        with database(cluster, server.socket) as db:
             db.conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(path)])
             with pytest.raises(psycopg.Error) as refused:
                 db.conn.execute("SELECT mgte_embed('hola')")
             assert refused.value.sqlstate == "08P01"
             assert refused.value.diag.message_hint is not None
             assert "same mgte release" in refused.value.diag.message_hint
-        finally:
-            drop_database(cluster, db)
