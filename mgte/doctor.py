@@ -393,7 +393,7 @@ def _workers(conn: psycopg.Connection[Any], tables: list[Table], socket_path: st
     if connections == 0:
         return Check("workers", "warn", f"no mgte worker is connected to database {conn.info.dbname}: rows "
                                         "written from now on will wait in the queues", start)
-    return Check("workers", "ok", f"{connections} connections of mgte workers (each worker keeps two)")
+    return Check("workers", "ok", f"{connections} connections of mgte workers (each worker keeps --connections + 2)")
 
 
 def queue_check(t: Table) -> Check:

@@ -2,10 +2,14 @@
 
 Per batch: claim rows with a lease (the table's _claim function, one short statement) just
 before sending them, call the server with no transaction open, then settle the batch (the
-table's _settle function: store, dead-letter or give back each row). The database work runs
-on a thread of its own, so that settling one batch overlaps with the server embedding the
-next. The SQL, and why a stale text is never stored, lives in sql/auto_embed.sql; this
-module only decides what to do when.
+table's _settle function: store, dead-letter or give back each row). Settles run on threads
+and connections of their own (--connections, four by default), so that settling overlaps with
+the server embedding the next batch, and several batches of one table are settled at once: a
+settle's time goes mostly to the HNSW indexes' inserts, and pgvector runs those of different
+sessions in parallel. Claims run on one more connection, never behind a settle. The SQL,
+and why a stale text is never stored, lives in sql/auto_embed.sql (settles of different
+batches hold different leases, so they are the concurrent settles of different workers
+there); this module only decides what to do when.
 
 Failures:
 - the server is down, overloaded, too slow or stopping: the rows are given back and the
@@ -23,12 +27,15 @@ Failures:
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal
 
 import psycopg
@@ -65,6 +72,7 @@ class Settings:
     poll_seconds: float = 5
     max_backoff_seconds: float = 30
     max_attempts: int = 3
+    connections: int = 4  # batches of one table settled at once, each on a connection of its own
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class Table:
     sparse: bool
     vocab_size: int
     model: str | None
+    reembedding: bool  # the second set of objects of a table being re-embedded
 
     def function(self, suffix: str) -> sql.Composable:
         return sql.Identifier("mgte", f"{self.prefix}_{suffix}")
@@ -185,28 +194,31 @@ class Worker:
     def _run_connected(self, only: int | None, until_done: bool,
                        progress: Callable[[BatchResult], None] | None) -> None:
         s = self.settings
-        with connect(s.dsn) as conn, connect(s.dsn) as listener, \
-                Client(s.socket, timeout=s.timeout_seconds) as client, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgte-db") as db:
+        with ExitStack() as stack:
+            conn = stack.enter_context(connect(s.dsn))  # the catalog and the claims
+            listener = stack.enter_context(connect(s.dsn))
+            client = stack.enter_context(Client(s.socket, timeout=s.timeout_seconds))
+            settler = stack.enter_context(Settler([stack.enter_context(connect(s.dsn)) for _ in range(s.connections)],
+                                                  self.observer))
             listener.execute("LISTEN mgte")
             while not self.stop.is_set():
-                worked = self._pass(Pipeline(conn, db, self.observer), client, only, progress)
+                worked = self._pass(conn, settler, client, only, progress)
                 if until_done and not worked and self._remaining(conn, only) == 0:
                     return
                 if not worked:
                     self._wait_for_work(listener)
 
-    def _pass(self, pipeline: Pipeline, client: Client, only: int | None,
+    def _pass(self, conn: psycopg.Connection[Any], settler: Settler, client: Client, only: int | None,
               progress: Callable[[BatchResult], None] | None) -> int:
         """Drains each enabled table the served model may store into; returns the rows claimed."""
         model = self._served_model(client)
         if model is None:
             return 0
         worked = 0
-        for table in enabled_tables(pipeline.conn, only):
+        for table in enabled_tables(conn, only):
             try:
                 if self._serves(model, table):
-                    worked += self._drain(pipeline, client, table, progress)
+                    worked += self._drain(conn, settler, client, table, progress)
             except psycopg.OperationalError:
                 raise
             except psycopg.errors.InsufficientPrivilege as exc:
@@ -266,37 +278,41 @@ class Worker:
         log.warning("%s: %s; retrying in %.1f s", what, why, delay)
         self.stop.wait(delay)
 
-    def _drain(self, pipeline: Pipeline, client: Client, table: Table,
+    def _drain(self, conn: psycopg.Connection[Any], settler: Settler, client: Client, table: Table,
                progress: Callable[[BatchResult], None] | None) -> int:
         """Embeds batches of `table` until its queue is empty, an outage, or stop. Each batch
-        is claimed just before it is sent; while the server embeds it, the database thread
-        settles the previous one."""
+        is claimed just before it is sent; while the server embeds it, up to `connections`
+        earlier batches are being settled."""
         s = self.settings
         claimed = 0
-        settling: Future[BatchResult] | None = None
-        rows = pipeline.claim(table, s.batch_size, s.lease_seconds).result()
+        settling: set[Future[BatchResult]] = set()
+        rows = claim_rows(conn, table, s.batch_size, s.lease_seconds)
         try:
             while rows:
                 if self.stop.is_set():
-                    pipeline.settle(table, [Outcome(r, "released", error="the worker stopped") for r in rows],
-                                    time.perf_counter()).result()
+                    settler.settle(table, [Outcome(r, "released", error="the worker stopped") for r in rows],
+                                   time.perf_counter()).result()
                     break
                 started = time.perf_counter()
                 try:
                     outcomes = self._embed(client, table, rows)
                 except Outage as exc:
-                    pipeline.settle(table, [Outcome(r, "released", error=str(exc)) for r in rows], started).result()
+                    settler.settle(table, [Outcome(r, "released", error=str(exc)) for r in rows], started).result()
                     raise
                 self._failures = 0
                 claimed += len(rows)
-                upcoming = pipeline.claim(table, s.batch_size, s.lease_seconds)
-                if settling is not None:
-                    _report(settling.result(), progress)
-                settling = pipeline.settle(table, outcomes, started)
-                rows = upcoming.result()
+                if len(settling) >= s.connections:
+                    # Every connection settles a batch: wait for any one, not the oldest, so
+                    # that one slow settle (e.g. waiting on a row lock) holds up no other.
+                    finished, settling = wait(settling, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        _report(future.result(), progress)
+                settling.add(settler.settle(table, outcomes, started))
+                rows = claim_rows(conn, table, s.batch_size, s.lease_seconds)
         finally:
-            if settling is not None:
-                _report(settling.result(), progress)
+            _await_all(settling, progress)
+        if not rows and table.reembedding:
+            take_over(conn, table)
         return claimed
 
     def _embed(self, client: Client, table: Table, rows: list[Row]) -> list[Outcome]:
@@ -333,53 +349,90 @@ class Worker:
         return Outcome(row, "retry", error=str(exc))
 
 
-class Pipeline:
-    """The worker's database work, run in order on one thread that owns the connection."""
+def claim_rows(conn: psycopg.Connection[Any], table: Table, batch_size: int, lease_seconds: float) -> list[Row]:
+    return [Row(*row) for row in conn.execute(
+        sql.SQL("SELECT key, lease::text, attempts, body, body_md5 FROM {}(%s, %s)").format(table.function("claim")),
+        [batch_size, lease_seconds]).fetchall()]
 
-    def __init__(self, conn: psycopg.Connection[Any], thread: ThreadPoolExecutor,
-                 observer: Observer | None = None) -> None:
-        self.conn = conn
-        self.thread = thread
+
+def take_over(conn: psycopg.Connection[Any], table: Table) -> None:
+    """Lets a re-embedding whose queue is empty take over, by a settle of no rows. The settle
+    that empties the queue does so itself, but two settles that commit at once (of this
+    worker's connections, or of two workers) each still see the other's rows queued, and
+    then neither does."""
+    conn.execute(sql.SQL("SELECT FROM {}(%b, %b, %b)").format(table.function("settle")), settle_arguments([]))
+
+
+class Settler:
+    """Settles batches on connections of its own, as many at once as it has connections; a
+    settle is one statement on one connection."""
+
+    def __init__(self, connections: list[psycopg.Connection[Any]], observer: Observer | None = None) -> None:
+        self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
+        for conn in connections:
+            self._idle.put(conn)
+        # As many threads as connections: a thread always finds one idle.
+        self._threads = ThreadPoolExecutor(max_workers=len(connections), thread_name_prefix="mgte-settle")
         self.observer = observer
 
-    def claim(self, table: Table, batch_size: int, lease_seconds: float) -> Future[list[Row]]:
-        def claim() -> list[Row]:
-            return [Row(*row) for row in self.conn.execute(
-                sql.SQL("SELECT key, lease::text, attempts, body, body_md5 FROM {}(%s, %s)").format(
-                    table.function("claim")), [batch_size, lease_seconds]).fetchall()]
-        return self.thread.submit(claim)
+    def __enter__(self) -> Settler:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._threads.shutdown()
 
     def settle(self, table: Table, outcomes: list[Outcome], started: float) -> Future[BatchResult]:
-        def call(outcomes: list[Outcome]) -> tuple[int, int, int]:
-            statement = sql.SQL("SELECT * FROM {}(%b, %b, %b)").format(table.function("settle"))
-            arguments = settle_arguments(outcomes)
-            for attempt in range(1, SETTLE_TRIES + 1):
-                try:
-                    row = self.conn.execute(statement, arguments).fetchone()
-                    assert row is not None
-                    return row[0], row[1], row[2]
-                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                    if attempt == SETTLE_TRIES:
-                        raise
-            raise AssertionError("unreachable")
+        return self._threads.submit(self._settle, table, outcomes, started)
 
-        def settle() -> BatchResult:
+    def _settle(self, table: Table, outcomes: list[Outcome], started: float) -> BatchResult:
+        conn = self._idle.get()
+        try:
             try:
-                stored, failed, released = call(outcomes)
+                stored, failed, released = _call_settle(conn, table, outcomes)
             except psycopg.errors.ObjectNotInPrerequisiteState as exc:
                 # The served model changed under this batch: store nothing, give it all back.
                 why = str(exc).strip()
                 log.error("%s: %s", table.name, why)
-                stored, failed, released = call([Outcome(o.row, "released", error=why) for o in outcomes])
-            out = BatchResult(claimed=len(outcomes), stored=stored, failed=failed, released=released)
-            if self.observer is not None:
-                self.observer(table.name, out)
-            elapsed = time.perf_counter() - started
-            log.info("%s: %d rows: %d stored, %d failed, %d given back (changed meanwhile, or to retry); "
-                     "%.2f s, %.0f rows/s", table.name, out.claimed, out.stored, out.failed, out.released,
-                     elapsed, out.claimed / elapsed)
-            return out
-        return self.thread.submit(settle)
+                stored, failed, released = _call_settle(conn, table, [Outcome(o.row, "released", error=why)
+                                                                      for o in outcomes])
+        finally:
+            self._idle.put(conn)
+        out = BatchResult(claimed=len(outcomes), stored=stored, failed=failed, released=released)
+        if self.observer is not None:
+            self.observer(table.name, out)
+        elapsed = time.perf_counter() - started
+        log.info("%s: %d rows: %d stored, %d failed, %d given back (changed meanwhile, or to retry); "
+                 "%.2f s, %.0f rows/s", table.name, out.claimed, out.stored, out.failed, out.released,
+                 elapsed, out.claimed / elapsed)
+        return out
+
+
+def _call_settle(conn: psycopg.Connection[Any], table: Table, outcomes: list[Outcome]) -> tuple[int, int, int]:
+    statement = sql.SQL("SELECT * FROM {}(%b, %b, %b)").format(table.function("settle"))
+    arguments = settle_arguments(outcomes)
+    for attempt in range(1, SETTLE_TRIES + 1):
+        try:
+            row = conn.execute(statement, arguments).fetchone()
+            assert row is not None
+            return row[0], row[1], row[2]
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            if attempt == SETTLE_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _await_all(settling: set[Future[BatchResult]], progress: Callable[[BatchResult], None] | None) -> None:
+    """Waits for every settle in flight, reporting each, and then raises the first failure:
+    no batch may still be settling when the caller reconnects or moves on."""
+    failure: BaseException | None = None
+    for future in settling:
+        try:
+            _report(future.result(), progress)
+        except BaseException as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _report(result: BatchResult, progress: Callable[[BatchResult], None] | None) -> None:
@@ -417,10 +470,11 @@ def enabled_tables(conn: psycopg.Connection[Any], only: int | None = None) -> li
                         hint="CREATE EXTENSION mgte CASCADE there, or point --dsn at the right database")
     # A table being re-embedded has a second set of objects, for the new model.
     rows = conn.execute(
-        "SELECT e.tbl::oid, e.tbl::text, e.prefix, e.dim, e.sparse, e.vocab_size, e.model FROM mgte.enabled e "
+        "SELECT e.tbl::oid, e.tbl::text, e.prefix, e.dim, e.sparse, e.vocab_size, e.model, false "
+        "FROM mgte.enabled e "
         "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid "
         "UNION ALL "
-        "SELECT e.tbl::oid, e.tbl::text || ' (re-embedding)', r.prefix, e.dim, e.sparse, e.vocab_size, r.model "
+        "SELECT e.tbl::oid, e.tbl::text || ' (re-embedding)', r.prefix, e.dim, e.sparse, e.vocab_size, r.model, true "
         "FROM mgte.reembeddings r JOIN mgte.enabled e USING (tbl) "
         "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid ORDER BY 2",
         {"only": only}).fetchall()

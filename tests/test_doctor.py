@@ -75,7 +75,7 @@ def test_no_worker_fails_until_one_runs_then_all_is_ok(
                                                           f"and sparse weights, its model {server_model(server)} " \
                                                           "is served"
         assert one(checks, "queue", "docs")["message"] == "0 rows queued, 0 failed"
-        assert one(checks, "workers")["message"].startswith("2 connections of mgte workers")
+        assert one(checks, "workers")["message"].startswith("6 connections of mgte workers")  # --connections 4, + 2
 
         assert main(["doctor", "--dsn", db.conninfo, "--socket", str(server.socket)]) == 0
         lines = capsys.readouterr().out.splitlines()

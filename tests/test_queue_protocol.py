@@ -19,7 +19,7 @@ import pytest
 from mgte.client import Client
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
-from mgte.worker import Outcome, Pipeline, Row, enabled_tables, register_vectors, settle_arguments
+from mgte.worker import Outcome, Row, Settler, claim_rows, enabled_tables, register_vectors, settle_arguments
 from mgte_udf.records import FIELDS, records
 from tests.databases import Connection, Database, database, wait_until
 
@@ -296,11 +296,10 @@ def test_the_worker_gives_back_a_batch_the_table_refuses_for_its_model(db: Datab
     drain(db, client)
     db.conn.execute("UPDATE docs SET body = 'to re-embed' WHERE id IN (1, 2)")
     table = next(t for t in enabled_tables(db.conn) if t.name == "docs")
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        pipeline = Pipeline(db.conn, thread)
-        outcomes = embed(client, pipeline.claim(table, 10, 600).result())
+    with Settler([db.conn]) as settler:
+        outcomes = embed(client, claim_rows(db.conn, table, 10, 600))
         from_another_model(outcomes)
-        result = pipeline.settle(table, outcomes, 0.0).result()
+        result = settler.settle(table, outcomes, 0.0).result()
     assert (result.stored, result.failed, result.released) == (0, 0, 2)
     assert queued(db) == {1: False, 2: False}
     assert "some-other-model" in db.one("SELECT last_error FROM mgte.docs_queue WHERE id = 1")
