@@ -1,12 +1,14 @@
 """Tokens/s of the full-size model on this machine: mgte against plain transformers, same run.
 
-    .venv/bin/python -m bench.cpu_throughput [--passages 64] [--device cpu]
+    .venv/bin/python -m bench.cpu_throughput [--passages 64] [--device cpu] [--dtype auto]
 
-Three ways to embed the same passages:
+Four ways to embed the same passages:
   baseline   transformers, padded batches of 32 in arrival order (what a naive loop does)
-  runtime    mgte's batcher in-process: length-sorted, token-budget batches
+  padded     mgte's batcher in-process: length-sorted, token-budget batches, run padded by transformers
+  runtime    the same batches run unpadded (mgte.packed), as the server does
   server     `mgte serve` end to end through the client (tokenising, protocol, batching)
-Prints tokens/s and each one's ratio to the baseline.
+Prints tokens/s, each one's ratio to the baseline, and its ratio to the float32 matmul limit: the
+tokens/s this machine's float32 matmul speed (measured in the same run) allows for these passages.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,46 @@ import transformers
 from bench.common import full_size_checkpoint, passages
 from mgte.batcher import Batcher
 from mgte.checkpoint import load_checkpoint
-from mgte.runtime import Embedder, resolve_device, resolve_dtype
+from mgte.runtime import Embedder, EmbeddingOutput, resolve_device, resolve_dtype
 from mgte.server_process import ServerProcess
+
+HIDDEN, INTERMEDIATE, LAYERS = 768, 3072, 12
+
+
+def model_flops(lengths: Sequence[int]) -> float:
+    """Matmul FLOPs of the full-size encoder on these sequences, unpadded. Per token and layer:
+    q, k, v, o (4 x 768^2) and up, gate, down (3 x 768 x 3072) multiply-adds (~226 MFLOP/token for
+    12 layers, DESIGN.md), plus attention's QK^T and AV over the token's own sequence (4 x length x 768)."""
+    per_token = LAYERS * 2 * (4 * HIDDEN ** 2 + 3 * HIDDEN * INTERMEDIATE)
+    return sum(n * per_token + LAYERS * 4 * n * n * HIDDEN for n in lengths)
+
+
+def matmul_flops_per_second(dtype: torch.dtype = torch.float32) -> float:
+    """A [4096, 768] x [768, 3072] matmul (an MLP projection of a 4096-token batch), best of 5. Into a
+    preallocated output: a fresh 48 MiB one costs page faults (glibc mmaps blocks that large), which is
+    the model's overhead, not the hardware's limit."""
+    a, b = torch.randn(4096, HIDDEN, dtype=dtype), torch.randn(HIDDEN, INTERMEDIATE, dtype=dtype)
+    out = torch.empty(4096, INTERMEDIATE, dtype=dtype)
+    torch.mm(a, b, out=out)  # oneDNN's first call picks and prepares its kernel
+    best = min(_seconds(lambda: torch.mm(a, b, out=out)) for _ in range(5))
+    return 2 * 4096 * HIDDEN * INTERMEDIATE / best
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+class PaddedEmbedder(Embedder):
+    """The forward mgte ran before mgte.packed: transformers' GteModel on a right-padded batch."""
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
+        input_ids, mask = self._padded(batch)
+        hidden = self.module.gte(input_ids=input_ids.to(self.device),
+                                 attention_mask=mask.to(self.device)).last_hidden_state
+        return [EmbeddingOutput(state, None) for state in hidden[:, 0].float().cpu()]
 
 
 def baseline(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype) -> float:
@@ -39,8 +80,9 @@ def baseline(path: Path, texts: list[str], device: torch.device, dtype: torch.dt
     return time.perf_counter() - started
 
 
-def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, budget: int) -> float:
-    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, dtype)
+def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, budget: int,
+            kind: type[Embedder] = Embedder) -> float:
+    embedder = kind(load_checkpoint(str(path), "embedding"), device, dtype)
     batcher = Batcher(max_batch_tokens=budget, max_queued=len(texts))
     batcher.start()
     started = time.perf_counter()
@@ -51,9 +93,17 @@ def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dty
     return elapsed
 
 
-def server(path: Path, texts: list[str], device: str) -> float:
+def settled_dtype(path: Path, device: torch.device, spec: str) -> torch.dtype:
+    """What mgte serve --dtype `spec` runs in on this machine (auto decides once the model is loaded)."""
+    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, resolve_dtype(spec, device))
+    print(f"--dtype {spec}: {str(embedder.dtype).removeprefix('torch.')} ({embedder.dtype_reason})")
+    return embedder.dtype
+
+
+def server(path: Path, texts: list[str], device: str, dtype: torch.dtype) -> float:
     directory = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
-    process = ServerProcess.start(str(path), directory / "mgte.sock", directory / "server.log", "--device", device)
+    process = ServerProcess.start(str(path), directory / "mgte.sock", directory / "server.log", "--device", device,
+                                  "--dtype", str(dtype).removeprefix("torch."))
     try:
         with process.client(timeout=None) as client:
             client.embed(["warm up"])
@@ -71,22 +121,31 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
+    parser.add_argument("--dtype", default="auto", help="as mgte serve's --dtype; every way runs what it settles on")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    dtype = resolve_dtype("auto", device)
     path = full_size_checkpoint()
+    dtype = settled_dtype(path, device, args.dtype)
     texts = passages(args.passages, args.min_words, args.max_words)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    total = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    total = sum(lengths)
     print(f"{len(texts)} passages, {total} tokens (mean {total / len(texts):.0f}), {device} {dtype}, "
           f"{torch.get_num_threads()} threads")
+    flops = matmul_flops_per_second()
+    limit = total / (model_flops(lengths) / flops)
+    print(f"float32 matmul {flops / 1e9:.0f} GFLOP/s: limit {limit:.0f} tokens/s for these passages "
+          f"({model_flops(lengths) / total / 1e6:.0f} MFLOP/token)")
     base = baseline(path, texts, device, dtype)
     results = {"baseline (padded, arrival order, batch 32)": base,
-               f"mgte runtime (sorted, {args.max_batch_tokens}-token budget)":
+               f"mgte batches run padded ({args.max_batch_tokens}-token budget)":
+                   runtime(path, texts, device, dtype, args.max_batch_tokens, PaddedEmbedder),
+               f"mgte runtime, unpadded ({args.max_batch_tokens}-token budget)":
                    runtime(path, texts, device, dtype, args.max_batch_tokens),
-               "mgte server end to end": server(path, texts, args.device)}
+               "mgte server end to end": server(path, texts, args.device, dtype)}
     for name, seconds in results.items():
-        print(f"{name:48s} {total / seconds:9.0f} tokens/s   {base / seconds:5.2f}x baseline")
+        print(f"{name:48s} {total / seconds:9.0f} tokens/s   {base / seconds:5.2f}x baseline   "
+              f"{total / seconds / limit:5.2f}x float32 matmul limit")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
             "group that owns the socket file (e.g. postgres, so that PostgreSQL backends can connect)")
     _option(serve, "--device", "MGTE_DEVICE", "auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     _option(serve, "--dtype", "MGTE_DTYPE", "auto",
-            "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16")
+            "auto, float32, bfloat16 or float16. auto: on CUDA bfloat16 (float16 on GPUs without it); on CPU "
+            "bfloat16 where the CPU runs it natively (amx_bf16, avx512_bf16) and it matches float32 on probe "
+            "texts, else float32 (mgte info says which and why)")
     _option(serve, "--max-batch-tokens", "MGTE_MAX_BATCH_TOKENS", 0,
             "padded tokens per model batch; 0 picks 4096 on CPU and 65536 on CUDA", type=_natural)
     _option(serve, "--max-request-texts", "MGTE_MAX_REQUEST_TEXTS", 1024,
@@ -150,6 +152,9 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
             "Connect as a member of the role mgte_worker (or a superuser)")
     _option(parser, "--socket", "MGTE_SOCKET", protocol.DEFAULT_SOCKET_PATH, "the server's Unix socket")
     _option(parser, "--batch-size", "MGTE_BATCH_SIZE", 32, "rows claimed and embedded at a time", type=_positive)
+    _option(parser, "--connections", "MGTE_CONNECTIONS", 4,
+            "batches stored at once, each on a database connection of its own (storing is mostly HNSW index "
+            "inserts, which PostgreSQL runs in parallel); the worker keeps two more connections", type=_positive)
     _option(parser, "--timeout-seconds", "MGTE_TIMEOUT_SECONDS", 600, "longest wait for one server call",
             type=_positive)
     _option(parser, "--lease-seconds", "MGTE_LEASE_SECONDS", None,
@@ -198,7 +203,8 @@ def _worker_settings(args: argparse.Namespace) -> Any:
                              "another worker embed the same rows")
     return Settings(dsn=args.dsn, socket=str(args.socket), batch_size=args.batch_size, lease_seconds=lease,
                     poll_seconds=args.poll_seconds, max_backoff_seconds=args.max_backoff_seconds,
-                    timeout_seconds=args.timeout_seconds, max_attempts=args.max_attempts)
+                    timeout_seconds=args.timeout_seconds, max_attempts=args.max_attempts,
+                    connections=args.connections)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ The server's batcher decides what goes into a batch; this module only runs one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +17,24 @@ import torch.nn.functional as F
 import transformers
 from tokenizers import normalizers
 
-from mgte import heads
+from mgte import heads, packed
 from mgte.checkpoint import Checkpoint, Dense, Normalize, PoolingMode
 from mgte.errors import UserError
 from mgte.gte_config import GTE_CLASS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The torch.cpu.get_capabilities() keys under which oneDNN runs bf16 matmuls in hardware; without
+# them bf16 is emulated (~0.13x float32 on AVX2-only machines, DESIGN.md).
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
+# bf16 against float32 on the full-size model: min cos 0.99990 over the probe tokens (0.9997 on the
+# tiny test models); a result below this means the model or the kernels misbehave in bf16.
+BF16_MIN_COS = 0.999
+# Short, multilingual, several scripts: the parity check costs a few seconds at start-up on 2 CPU cores.
+PROBE_TEXTS = ("Where is the train station?", "¿Dónde está la estación de tren?", "北京的火车站在哪里",
+               "مرحبا بالعالم، أين محطة القطار؟", "Der Gletscher schmilzt, und der Meeresspiegel steigt.",
+               "Москва — столица России.", "東京駅はどこですか")
+
+log = logging.getLogger("mgte.runtime")
 
 
 @dataclass(frozen=True)
@@ -54,24 +68,60 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU; bfloat16 on GPUs that have it, float16 on older ones."""
+@dataclass(frozen=True)
+class AutoDtype:
+    """`--dtype auto`, settled by the model once loaded: on CUDA bfloat16 where the GPU has it, else
+    float16; on CPU bfloat16 only where the CPU runs it natively AND it matches float32 on PROBE_TEXTS
+    (min cos of the final token states >= min_cos), else float32."""
+
+    capabilities: Mapping[str, Any] | None = None  # None: torch.cpu.get_capabilities(); tests inject others
+    min_cos: float = BF16_MIN_COS
+
+
+def native_bf16(capabilities: Mapping[str, Any] | None = None) -> list[str]:
+    """The NATIVE_BF16 features this CPU has, as this torch build reports them; empty: bf16 is emulated."""
+    found = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    return [name for name in NATIVE_BF16 if found.get(name, False)]
+
+
+def resolve_dtype(spec: str, device: torch.device, capabilities: Mapping[str, Any] | None = None,
+                  ) -> torch.dtype | AutoDtype:
     if spec == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return AutoDtype(capabilities)
     if spec not in DTYPES:
         raise UserError(f"unknown dtype {spec!r}", hint=f"use auto or one of {', '.join(DTYPES)}")
-    return DTYPES[spec]
+    dtype = DTYPES[spec]
+    if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16(capabilities):
+        log.warning("--dtype bfloat16: this CPU has no native bf16 (capability %s, no %s), so bf16 matmuls are "
+                    "emulated, several times slower than float32 (about 0.13x on AVX2-only machines); "
+                    "use --dtype auto or --dtype float32", torch.backends.cpu.get_cpu_capability(),
+                    " or ".join(NATIVE_BF16))
+    return dtype
+
+
+def _initial_dtype(dtype: torch.dtype | AutoDtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype to load the weights in, and why; `auto` on CPU loads float32 and may switch to bf16 after."""
+    if not isinstance(dtype, AutoDtype):
+        name = str(dtype).removeprefix("torch.")
+        if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16():
+            return dtype, f"requested: {name}, emulated: this CPU has no native bf16"
+        return dtype, f"requested: {name}"
+    if device.type != "cuda":
+        return torch.float32, "auto: float32 on this device"
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, "auto: bfloat16, which this GPU supports"
+    return torch.float16, "auto: float16, this GPU has no bfloat16"
 
 
 class Model:
     """A checkpoint's tokenizer and network on one device. Not thread-safe: one batch at a time."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    unpadded = False  # whether forward runs the GTE encoder unpadded (mgte.packed)
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
         self.checkpoint = checkpoint
         self.device = device
-        self.dtype = dtype
+        self.dtype, self.dtype_reason = _initial_dtype(dtype, device)
         self.max_length = int(checkpoint.config.max_position_embeddings)
         self.hidden_size = int(checkpoint.config.hidden_size)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -88,13 +138,44 @@ class Model:
         else:
             model_class, options = getattr(transformers, GTE_CLASS[checkpoint.kind]), {}
         module, loading = model_class.from_pretrained(
-            checkpoint.encoder_path, config=checkpoint.config, dtype=dtype, attn_implementation="sdpa",
+            checkpoint.encoder_path, config=checkpoint.config, dtype=self.dtype, attn_implementation="sdpa",
             output_loading_info=True, trust_remote_code=False, **options)
         if loading["missing_keys"] or loading.get("mismatched_keys"):
             missing = sorted(loading["missing_keys"]) + [str(k) for k in loading.get("mismatched_keys", [])]
             raise UserError(f"{checkpoint.source}: weights missing or of the wrong shape: {', '.join(missing[:8])}",
                             hint="the checkpoint is incomplete or of another architecture; download it again")
         self.module = module.to(device).eval()
+        if isinstance(dtype, AutoDtype) and device.type == "cpu":
+            self._choose_cpu_dtype(dtype)
+        log.info("%s runs in %s (%s)", checkpoint.source, str(self.dtype).removeprefix("torch."), self.dtype_reason)
+
+    def _choose_cpu_dtype(self, auto: AutoDtype) -> None:
+        """Keeps the float32 module just loaded, or a bf16 copy of it where the CPU and the parity check allow."""
+        native = native_bf16(auto.capabilities)
+        if not native:
+            self.dtype_reason = (f"auto: no native bf16 on this CPU (capability "
+                                 f"{torch.backends.cpu.get_cpu_capability()}): float32")
+            return
+        bf16 = copy.deepcopy(self.module).to(torch.bfloat16)
+        cos, tokens = self._parity(bf16)
+        parity = f"bf16 parity min cos {cos:.5f} over {tokens} tokens of {len(PROBE_TEXTS)} probe texts"
+        if cos < auto.min_cos:
+            self.dtype_reason = (f"auto: this CPU has native bf16 ({', '.join(native)}) but {parity}, "
+                                 f"below {auto.min_cos}: float32")
+            return
+        self.module, self.dtype = bf16, torch.bfloat16
+        self.dtype_reason = f"auto: this CPU has native bf16 ({', '.join(native)}); {parity}"
+
+    @torch.inference_mode()
+    def _parity(self, other: Any) -> tuple[float, int]:
+        """The lowest cosine between this module's final token states and `other`'s on PROBE_TEXTS, and
+        how many tokens that covers: every head (first token, pooling, sparse weights) reads these states."""
+        encoded = self.tokenizer(list(PROBE_TEXTS), padding=True, return_tensors="pt")
+        inputs = {"input_ids": encoded["input_ids"].to(self.device),
+                  "attention_mask": encoded["attention_mask"].to(self.device)}
+        real = encoded["attention_mask"].bool().to(self.device)
+        mine, theirs = (module.base_model(**inputs).last_hidden_state[real].float() for module in (self.module, other))
+        return float(F.cosine_similarity(mine, theirs, dim=-1).min()), int(real.sum())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -108,6 +189,11 @@ class Model:
             "parameters": sum(p.numel() for p in self.module.parameters()),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
+            "kernels": {"attention": _attention(self) if self.unpadded else
+                        f"{self.module.config._attn_implementation} (padded batches)",
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "threads": torch.get_num_threads()},
         }
 
     def forward(self, batch: Sequence[Sequence[int]]) -> list[Any]:
@@ -158,8 +244,9 @@ class Embedder(TextEncoder):
     """gte-multilingual-base: dense (first-token state) and sparse (per-token weight) outputs."""
 
     has_sparse = True
+    unpadded = True
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
         super().__init__(checkpoint, device, dtype)
         tok = self.tokenizer
         self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
@@ -167,17 +254,15 @@ class Embedder(TextEncoder):
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
-        input_ids, mask = self._padded(batch)
-        # The backbone and the classifier separately: GteForTokenClassification would only
-        # give the hidden state by keeping every layer's.
-        hidden = self.module.gte(input_ids=input_ids.to(self.device),
-                                 attention_mask=mask.to(self.device)).last_hidden_state
-        first = hidden[:, 0].float().cpu()
-        token_weights = torch.relu(self.module.classifier(hidden)[..., 0].float()).cpu()
+        inputs = packed.pack(batch)
+        # The backbone and the classifier separately, unpadded: every token's state is needed.
+        hidden = packed.encode(self.module.gte, inputs, _attention(self))
+        first = hidden[inputs.starts.to(self.device)].float().cpu()
+        token_weights = torch.relu(_linear32(self.module.classifier, hidden)[:, 0]).cpu()
         return [
-            EmbeddingOutput(first[row], heads.sparse(input_ids[row, :len(ids)], token_weights[row, :len(ids)],
-                                                     self._drop_ids))
-            for row, ids in enumerate(batch)
+            EmbeddingOutput(state, heads.sparse(ids, weights, self._drop_ids))
+            for state, ids, weights in zip(first, torch.split(inputs.ids, inputs.lengths),
+                                           torch.split(token_weights, inputs.lengths), strict=True)
         ]
 
 
@@ -186,7 +271,7 @@ class SentenceEncoder(TextEncoder):
     the pooling, then its Dense and Normalize modules. A final Normalize is left to the server, which
     slices the vector to the requested `dim` first."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
         super().__init__(checkpoint, device, dtype)
         assert checkpoint.sentence is not None
         self.sentence = sentence = checkpoint.sentence
@@ -272,7 +357,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: PoolingMode, skip: int
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
-def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> TextEncoder:
     if checkpoint.format == "sentence-transformers":
         return SentenceEncoder(checkpoint, device, dtype)
     return Embedder(checkpoint, device, dtype)
@@ -280,6 +365,8 @@ def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtyp
 
 class Reranker(Model):
     """gte-multilingual-reranker-base: one logit per (query, document) pair."""
+
+    unpadded = True
 
     def tokenize(self, query: str, documents: Sequence[str]) -> list[Tokens]:
         queries = [query] * len(documents)
@@ -290,6 +377,22 @@ class Reranker(Model):
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
-        input_ids, mask = self._padded(batch)
-        out = self.module(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
-        return [float(x) for x in out.logits[:, 0].float().cpu().tolist()]
+        inputs = packed.pack(batch)
+        hidden = packed.encode(self.module.gte, inputs, _attention(self))
+        # GteForSequenceClassification's head: the pooler (dense, tanh) on the first token, then the
+        # classifier; its dropout is off at inference.
+        pooler = self.module.gte.pooler
+        first = hidden[inputs.starts.to(self.device)]
+        logits = _linear32(self.module.classifier, pooler.activation(_linear32(pooler.dense, first)))
+        return [float(x) for x in logits[:, 0].cpu().tolist()]
+
+
+def _linear32(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer` applied in float32: the heads are small, and a bf16 logit or weight keeps only 8
+    bits (a logit of 5 moves in steps of 0.03, enough to tie reranked documents)."""
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
+def _attention(model: Model) -> str:
+    """How the packed forward runs attention for this model's device and dtype (packed.VARLEN or packed.SDPA)."""
+    return packed.attention_kind(model.device, model.dtype, int(model.module.gte.layers[0].self_attn.head_dim))

@@ -54,7 +54,10 @@ def shared_tempdir(prefix: str) -> Path:
 def start_server(model: Path | str, *flags: str, reranker: Path | str | None = None,
                  socket_dir: Path | None = None) -> ServerProcess:
     socket_dir = socket_dir or shared_tempdir("mgte-sock-")
-    return ServerProcess.start(str(model), socket_dir / "mgte.sock", socket_dir / "server.log", *flags,
+    # float32 unless a test asks otherwise (a later --dtype wins): the tests compare answers with float32
+    # references within 1e-5, and --dtype auto runs bfloat16 on CPUs with native bf16.
+    return ServerProcess.start(str(model), socket_dir / "mgte.sock", socket_dir / "server.log",
+                               "--dtype", "float32", *flags,
                                reranker=None if reranker is None else str(reranker), ready_timeout=120)
 
 

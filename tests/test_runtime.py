@@ -8,7 +8,7 @@ import transformers
 
 from mgte.checkpoint import load_checkpoint
 from mgte.errors import UserError
-from mgte.runtime import Embedder, Reranker, resolve_device, resolve_dtype
+from mgte.runtime import AutoDtype, Embedder, Reranker, resolve_device, resolve_dtype
 from tests.conftest import Checkpoints
 from tests.reference_original import OriginalGte
 
@@ -120,9 +120,9 @@ def test_rerank_pairs_truncate_longest_first(rerankers: dict[str, Reranker]) -> 
     assert long_.ids[:len(full) - 11] == full[:len(full) - 11]  # the query survives whole
 
 
-def test_device_and_dtype_resolution() -> None:
+def test_device_and_dtype_resolution(checkpoints: Checkpoints) -> None:
     assert resolve_device("cpu") == CPU
-    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("auto", CPU) == AutoDtype()  # settled by the model once loaded: tests/test_precision.py
     assert resolve_dtype("bfloat16", CPU) == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         resolve_dtype("int3", CPU)
@@ -132,7 +132,9 @@ def test_device_and_dtype_resolution() -> None:
     if torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cuda")
         assert resolve_device("cuda").type == "cuda"
-        assert resolve_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+        auto = Embedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"), torch.device("cuda"),
+                        AutoDtype())
+        assert auto.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     else:
         assert resolve_device("auto") == CPU
         with pytest.raises(UserError, match="no CUDA") as raised:

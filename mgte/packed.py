@@ -1,0 +1,115 @@
+"""transformers' GTE encoder run unpadded: a batch's sequences end to end in one [tokens, hidden] tensor.
+
+Padding costs a whole token's work in every linear layer and LayerNorm; here the embeddings,
+projections, MLPs and LayerNorms see only real tokens. Only attention needs the sequence
+boundaries: PyTorch's varlen flash attention takes them as cumulative lengths on GPUs; elsewhere
+each sequence's slice goes through scaled_dot_product_attention on its own.
+
+Everything but attention calls the loaded GteModel's own submodules, so the arithmetic is
+transformers' (and follows whatever replaces a Linear, such as quantisation).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers.models.gte.modeling_gte import GteLayer, apply_rotary_pos_emb
+
+VARLEN = "varlen"
+SDPA = "sdpa per sequence"
+
+
+def _load_varlen_attn() -> Callable[..., torch.Tensor] | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # older torch releases have no varlen attention
+        return None
+    return cast("Callable[..., torch.Tensor]", varlen_attn)  # a tuple only when asked for return_aux
+
+
+_varlen_attn = _load_varlen_attn()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A batch of token ids, end to end, on the host."""
+
+    ids: torch.Tensor  # int64 [tokens]
+    positions: torch.Tensor  # int64 [tokens]: each token's place in its own sequence
+    cu_seqlens: torch.Tensor  # int32 [sequences + 1]: where each sequence starts, then the total
+    lengths: list[int]
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """The index of each sequence's first token."""
+        return self.cu_seqlens[:-1].long()
+
+
+def pack(batch: Sequence[Sequence[int]]) -> Packed:
+    lengths = [len(ids) for ids in batch]
+    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), torch.tensor(lengths))
+    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    return Packed(ids, torch.arange(len(ids)) - starts, cu_seqlens, lengths)
+
+
+@functools.cache
+def attention_kind(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """VARLEN where PyTorch's varlen kernel runs: CUDA, half precision, a GPU flash attention
+    supports. Tried once rather than predicted: which GPUs and head sizes it takes varies by release."""
+    if device.type != "cuda" or _varlen_attn is None:
+        return SDPA
+    x = torch.zeros(2, 1, head_dim, device=device, dtype=dtype)
+    cu_seqlens = torch.tensor([0, 1, 2], device=device, dtype=torch.int32)
+    try:
+        _varlen_attn(x, x, x, cu_seqlens, cu_seqlens, 1, 1)
+    except (RuntimeError, NotImplementedError):  # float32, or a GPU the kernel does not support
+        return SDPA
+    return VARLEN
+
+
+def encode(model: transformers.GteModel, packed: Packed, attention: str) -> torch.Tensor:
+    """The last hidden state of every token, [tokens, hidden]: GteModel's output for the unpadded
+    positions of the same sequences padded into one batch."""
+    device = model.embeddings.word_embeddings.weight.device
+    ids, positions = packed.ids.to(device), packed.positions.to(device)
+    cu_seqlens = packed.cu_seqlens.to(device)
+    tokens, longest = len(ids), max(packed.lengths)
+    hidden: torch.Tensor = model.embeddings(input_ids=ids)
+    cos, sin = model.rotary_emb(hidden, positions)
+    # GteLayer.forward without the mask and dropout (inference): attention, add, LayerNorm
+    # (post-norm), then the gated MLP, add, LayerNorm.
+    for layer in cast("list[GteLayer]", model.layers[:model.config.num_hidden_layers]):
+        attn = layer.self_attn
+        shape = (tokens, -1, attn.head_dim)
+        q, k = apply_rotary_pos_emb(attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape), cos, sin)
+        v = attn.v_proj(hidden).view(shape)
+        if attention == VARLEN:
+            assert _varlen_attn is not None
+            context = _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale=attn.scaling)
+        else:
+            context = _attention_per_sequence(q, k, v, packed.lengths, attn.scaling)
+        hidden = layer.post_attention_layernorm(hidden + attn.o_proj(context.reshape(tokens, -1)))
+        hidden = layer.post_mlp_layernorm(hidden + layer.mlp(hidden))
+    return hidden
+
+
+def _attention_per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
+                            scale: float) -> torch.Tensor:
+    """[tokens, heads, head_dim] in and out; each sequence attends only to itself."""
+    # A loop over the batch: a few hundred small calls, cheap next to the matmuls around them. Each
+    # slice is viewed as [1, heads, length, head_dim]: given 3-d tensors, CPU SDPA falls back to its
+    # unfused math kernel (30x slower at 300 tokens).
+    return torch.cat([
+        F.scaled_dot_product_attention(q_[None].transpose(1, 2), k_[None].transpose(1, 2), v_[None].transpose(1, 2),
+                                       scale=scale)[0].transpose(0, 1)
+        for q_, k_, v_ in zip(torch.split(q, lengths), torch.split(k, lengths), torch.split(v, lengths), strict=True)
+    ])
