@@ -18,7 +18,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from mgte import tiny
-from mgte.gte_config import gte_config_from_original
+from mgte.gte_config import GTE_CLASS, Kind, gte_config_from_original
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
 
@@ -34,14 +34,15 @@ WORDS = (
 )
 
 
-def full_size_checkpoint() -> Path:
-    """A random-weight gte-multilingual-base (native format), built once per machine."""
-    path = Path(tempfile.gettempdir()) / "mgte-bench-full-size"
+def full_size_checkpoint(kind: Kind = "embedding") -> Path:
+    """A random-weight gte-multilingual-base, or its reranker (native format), built once per machine."""
+    path = Path(tempfile.gettempdir()) / ("mgte-bench-full-size" if kind == "embedding"
+                                          else "mgte-bench-full-size-reranker")
     if not (path / "config.json").is_file():
         config = gte_config_from_original(FULL_SIZE, "full-size")
         config.num_labels = 1
         torch.manual_seed(0)
-        transformers.GteForTokenClassification(config).save_pretrained(path)
+        getattr(transformers, GTE_CLASS[kind])(config).save_pretrained(path)
         tokenizer_source = tiny.ensure("embedding")
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (path / name).write_bytes((tokenizer_source / name).read_bytes())

@@ -399,6 +399,7 @@ class Server:
         if device.type != "cuda":
             return None
         return {"allocated_bytes": torch.cuda.memory_allocated(device),
+                "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
                 "reserved_bytes": torch.cuda.memory_reserved(device)}
 
 
