@@ -136,5 +136,5 @@ def test_mgte_info_reports_dtype_reason_and_kernels(checkpoints: Checkpoints) ->
     for model in (info["model"], info["reranker"]):
         assert model["dtype_reason"].startswith("auto: ")
         assert model["dtype"] in ("float32", "bfloat16")
-        assert model["kernels"] == {"attention": "sdpa per sequence", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                    "threads": 1}
+        assert model["kernels"] == {"attention": "sdpa per sequence",
+                                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": 1}
