@@ -18,8 +18,10 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from mgte import tiny
+from mgte.checkpoint import load_checkpoint
 from mgte.gte_config import GTE_CLASS, Kind, gte_config_from_original
 from mgte.pgcluster import Cluster
+from mgte.runtime import Embedder, resolve_dtype
 from mgte.server_process import ServerProcess
 
 # gte-multilingual-base's own settings (MODEL.md); speed does not depend on weight values.
@@ -87,3 +89,10 @@ def bench_database(model: str, reranker: str | None = None) -> Iterator[BenchDat
         server.stop()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def settled_dtype(path: Path, device: torch.device, spec: str) -> torch.dtype:
+    """What mgte serve --dtype `spec` runs in on this machine (auto decides once the model is loaded)."""
+    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, resolve_dtype(spec, device))
+    print(f"--dtype {spec}: {str(embedder.dtype).removeprefix('torch.')} ({embedder.dtype_reason})")
+    return embedder.dtype

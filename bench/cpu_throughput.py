@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import transformers
 
-from bench.common import full_size_checkpoint, passages
+from bench.common import full_size_checkpoint, passages, settled_dtype
 from mgte.batcher import Batcher
 from mgte.checkpoint import load_checkpoint
-from mgte.runtime import Embedder, EmbeddingOutput, resolve_device, resolve_dtype
+from mgte.runtime import Embedder, EmbeddingOutput, resolve_device
 from mgte.server_process import ServerProcess
 
 HIDDEN, INTERMEDIATE, LAYERS = 768, 3072, 12
@@ -91,13 +91,6 @@ def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dty
     elapsed = time.perf_counter() - started
     batcher.stop()
     return elapsed
-
-
-def settled_dtype(path: Path, device: torch.device, spec: str) -> torch.dtype:
-    """What mgte serve --dtype `spec` runs in on this machine (auto decides once the model is loaded)."""
-    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, resolve_dtype(spec, device))
-    print(f"--dtype {spec}: {str(embedder.dtype).removeprefix('torch.')} ({embedder.dtype_reason})")
-    return embedder.dtype
 
 
 def server(path: Path, texts: list[str], device: str, dtype: torch.dtype) -> float:

@@ -19,6 +19,7 @@ CPU finishes in a few minutes; its figures say nothing about a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import platform
@@ -34,8 +35,8 @@ import psycopg
 import torch
 import transformers
 
-from bench.common import bench_database, full_size_checkpoint, passages
-from mgte.runtime import resolve_device, resolve_dtype
+from bench.common import bench_database, full_size_checkpoint, passages, settled_dtype
+from mgte.runtime import resolve_device
 from mgte_udf.client import Client
 
 QUERY = "what is the price of coffee near the central station?"
@@ -61,7 +62,7 @@ def matmul_limit(device: torch.device, dtype: torch.dtype, seconds: float = 2.0)
 def flop_per_token(config: Any, mean_length: float) -> float:
     """The encoder's matmul FLOP per token: projections and MLP, plus attention over a
     sequence of `mean_length` tokens."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    h, i, layers = int(config.hidden_size), int(config.intermediate_size), int(config.num_hidden_layers)
     return layers * 2 * (4 * h * h + 3 * h * i + 2 * h * mean_length)
 
 
@@ -70,7 +71,7 @@ def sorted_baseline(path: Path, texts: Sequence[str], device: torch.device, dtyp
     """Seconds for plain transformers on `texts` sorted by length, in padded batches of `batch`:
     the dense output (first token), or with `pairs_with`, the reranker's logits."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    kind = transformers.GteForSequenceClassification if pairs_with else transformers.GteForTokenClassification
+    kind: Any = transformers.GteForSequenceClassification if pairs_with else transformers.GteForTokenClassification
     model: Any = kind.from_pretrained(path, dtype=dtype).to(device).eval()
     order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
     ordered = [texts[j] for j in order]
@@ -95,7 +96,7 @@ def sorted_baseline(path: Path, texts: Sequence[str], device: torch.device, dtyp
         return time.perf_counter() - started
 
 
-def concurrently(socket: str, clients: int, work: Sequence[Callable[[Client], None]]) -> float:
+def concurrently(socket: str, clients: int, work: Sequence[Callable[[Client], object]]) -> float:
     """Seconds for `clients` threads, each with its own connection, to do `work` (shared)."""
     queue = list(work)
     lock = threading.Lock()
@@ -153,7 +154,7 @@ def many_queries(socket: str, clients: int, per_client: int) -> float:
         ready.acquire()
     started = time.perf_counter()
     go.set()
-    finished = max(out.get() for _ in workers)
+    finished = max(float(out.get()) for _ in workers)
     for worker in workers:
         worker.join()
     return processes * threads * per_client / (finished - started)
@@ -191,8 +192,8 @@ def main() -> None:
     args = parser.parse_args()
     small = args.small
     device = resolve_device("auto")
-    dtype = resolve_dtype("auto", device)
     embedding, reranker = full_size_checkpoint(), full_size_checkpoint("reranker")
+    dtype = settled_dtype(embedding, device, "auto")  # what the server runs in; the baselines run in it too
     tokenizer = transformers.AutoTokenizer.from_pretrained(embedding)
     config = transformers.AutoConfig.from_pretrained(embedding)
 
@@ -229,9 +230,9 @@ def main() -> None:
             long_latency = latencies(lambda: client.embed([long]), 2 if small else 10)
             after_long = client.info()
         requests = [texts[i:i + 32] for i in range(0, len(texts), 32)]
-        served = total / concurrently(socket, 16, [lambda c, chunk=chunk: c.embed(chunk) for chunk in requests])
+        served = total / concurrently(socket, 16, [functools.partial(Client.embed, texts=chunk) for chunk in requests])
         rerank_requests = [docs[i:i + 64] for i in range(0, len(docs), 64)]
-        rerank = len(docs) / concurrently(socket, 16, [lambda c, chunk=chunk: c.rerank(QUERY, chunk)
+        rerank = len(docs) / concurrently(socket, 16, [functools.partial(Client.rerank, query=QUERY, documents=chunk)
                                                        for chunk in rerank_requests])
         qps = many_queries(socket, 64, 20 if small else 500)
         with psycopg.connect(bench.conninfo, autocommit=True) as db:
