@@ -22,6 +22,7 @@ import argparse
 import functools
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import threading
@@ -202,10 +203,11 @@ def main() -> None:
     total, mean = sum(lengths), sum(lengths) / len(lengths)
     docs = passages(32 if small else 2048, 80, 120, seed=1)
     long = long_text(tokenizer, 1024 if small else 8192)
+    cpu = f"{torch.cpu.get_capabilities().get('cpu_name', platform.machine())}, {os.cpu_count()} CPUs"
     results: dict[str, Any] = {
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                    or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": str(dtype)},
+        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "dtype": str(dtype)},
         "small": small,
         "workload": {"passages": len(texts), "tokens": total, "mean_tokens": round(mean, 1),
                      "max_tokens": max(lengths), "rerank_pairs": len(docs), "long_tokens":
