@@ -58,12 +58,7 @@ def padded(embedder: Embedder, batch: list[list[int]]) -> Padded:
 @torch.inference_mode()
 def padded_embeddings(embedder: Embedder, batch: Sequence[Sequence[int]]) -> Padded:
     """transformers' padded forward (GteForTokenClassification's backbone and classifier) and the sparse head."""
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), embedder.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        mask[row, :len(ids)] = 1
+    input_ids, mask = embedder._padded(batch)
     device = embedder.device
     hidden = embedder.module.gte(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     weights = torch.relu(embedder.module.classifier(hidden)[..., 0].float()).cpu()
@@ -106,12 +101,7 @@ def test_packed_rerank_logits_match_the_padded_forward(reranker: Reranker) -> No
     tokens = reranker.tokenize("Where is the train station?", TEXTS)
     batch = [t.ids for t in tokens]
     assert len(batch[-1]) == reranker.max_length
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), reranker.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        mask[row, :len(ids)] = 1
+    input_ids, mask = reranker._padded(batch)
     with torch.inference_mode():
         expected = reranker.module(input_ids=input_ids, attention_mask=mask).logits[:, 0].tolist()
     assert reranker.forward(batch) == pytest.approx(expected, abs=LOGIT_ATOL, rel=0)
