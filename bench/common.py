@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,45 @@ def full_size_checkpoint(kind: Kind = "embedding") -> Path:
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (path / name).write_bytes((tokenizer_source / name).read_bytes())
     return path
+
+
+def model_flops(lengths: Sequence[int]) -> float:
+    """Matmul FLOPs of the full-size encoder on these sequences, unpadded. Per token and layer:
+    q, k, v, o (4 x 768^2) and up, gate, down (3 x 768 x 3072) multiply-adds (~226 MFLOP/token for
+    12 layers, DESIGN.md), plus attention's QK^T and AV over the token's own sequence (4 x length x 768)."""
+    hidden, intermediate = int(FULL_SIZE["hidden_size"]), int(FULL_SIZE["intermediate_size"])
+    layers = int(FULL_SIZE["num_hidden_layers"])
+    per_token = layers * 2 * (4 * hidden ** 2 + 3 * hidden * intermediate)
+    return float(sum(n * per_token + layers * 4 * n * n * hidden for n in lengths))
+
+
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype) -> float:
+    """A [4096, 768] x [768, 3072] matmul (an MLP projection of a 4096-token batch), best of 5 (on a
+    GPU, of 5 bursts of 100 calls: one call is too short to time). Into a preallocated output: a fresh
+    48 MiB one costs page faults (glibc mmaps blocks that large), which is the model's overhead, not the
+    hardware's limit."""
+    hidden, intermediate = int(FULL_SIZE["hidden_size"]), int(FULL_SIZE["intermediate_size"])
+    a = torch.randn(4096, hidden, dtype=dtype, device=device)
+    b = torch.randn(hidden, intermediate, dtype=dtype, device=device)
+    out = torch.empty(4096, intermediate, dtype=dtype, device=device)
+    calls = 100 if device.type == "cuda" else 1
+
+    def seconds() -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    seconds()  # the first call picks and prepares its kernel
+    return 2 * 4096 * hidden * intermediate * calls / min(seconds() for _ in range(5))
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the GPU's queued work, so that a timing covers it; nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def passages(count: int, min_words: int, max_words: int, seed: int = 0) -> list[str]:

@@ -18,45 +18,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
-from bench.common import full_size_checkpoint, passages, settled_dtype
+from bench.common import full_size_checkpoint, matmul_flops_per_second, model_flops, passages, settled_dtype
 from mgte.batcher import Batcher
 from mgte.checkpoint import load_checkpoint
 from mgte.runtime import Embedder, EmbeddingOutput, resolve_device
 from mgte.server_process import ServerProcess
-
-HIDDEN, INTERMEDIATE, LAYERS = 768, 3072, 12
-
-
-def model_flops(lengths: Sequence[int]) -> float:
-    """Matmul FLOPs of the full-size encoder on these sequences, unpadded. Per token and layer:
-    q, k, v, o (4 x 768^2) and up, gate, down (3 x 768 x 3072) multiply-adds (~226 MFLOP/token for
-    12 layers, DESIGN.md), plus attention's QK^T and AV over the token's own sequence (4 x length x 768)."""
-    per_token = LAYERS * 2 * (4 * HIDDEN ** 2 + 3 * HIDDEN * INTERMEDIATE)
-    return sum(n * per_token + LAYERS * 4 * n * n * HIDDEN for n in lengths)
-
-
-def matmul_flops_per_second(dtype: torch.dtype = torch.float32) -> float:
-    """A [4096, 768] x [768, 3072] matmul (an MLP projection of a 4096-token batch), best of 5. Into a
-    preallocated output: a fresh 48 MiB one costs page faults (glibc mmaps blocks that large), which is
-    the model's overhead, not the hardware's limit."""
-    a, b = torch.randn(4096, HIDDEN, dtype=dtype), torch.randn(HIDDEN, INTERMEDIATE, dtype=dtype)
-    out = torch.empty(4096, INTERMEDIATE, dtype=dtype)
-    torch.mm(a, b, out=out)  # oneDNN's first call picks and prepares its kernel
-    best = min(_seconds(lambda: torch.mm(a, b, out=out)) for _ in range(5))
-    return 2 * 4096 * HIDDEN * INTERMEDIATE / best
-
-
-def _seconds(work: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
 
 
 class PaddedEmbedder(Embedder):
@@ -132,7 +105,7 @@ def main() -> None:
     total = sum(lengths)
     print(f"{len(texts)} passages, {total} tokens (mean {total / len(texts):.0f}), {device} {dtype}, "
           f"{torch.get_num_threads()} threads")
-    flops = matmul_flops_per_second(dtype)
+    flops = matmul_flops_per_second(device, dtype)
     limit = total / (model_flops(lengths) / flops)
     name = str(dtype).removeprefix("torch.")
     print(f"{name} matmul {flops / 1e9:.0f} GFLOP/s: limit {limit:.0f} tokens/s for these passages "

@@ -36,35 +36,19 @@ import psycopg
 import torch
 import transformers
 
-from bench.common import bench_database, full_size_checkpoint, passages, settled_dtype
+from bench.common import (
+    bench_database,
+    full_size_checkpoint,
+    matmul_flops_per_second,
+    model_flops,
+    passages,
+    settled_dtype,
+    synchronize,
+)
 from mgte.runtime import resolve_device
 from mgte_udf.client import Client
 
 QUERY = "what is the price of coffee near the central station?"
-
-
-def matmul_limit(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """FLOP/s of the model's biggest matmul shape ([tokens, 768] x [768, 3072]) on `device`."""
-    a = torch.randn(8192, 768, device=device, dtype=dtype)
-    b = torch.randn(768, 3072, device=device, dtype=dtype)
-    runs = 0
-    torch.matmul(a, b)
-    _sync(device)
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch.matmul(a, b)
-        runs += 1
-        if runs % 8 == 0:
-            _sync(device)
-    _sync(device)
-    return 2 * 8192 * 768 * 3072 * runs / (time.perf_counter() - started)
-
-
-def flop_per_token(config: Any, mean_length: float) -> float:
-    """The encoder's matmul FLOP per token: projections and MLP, plus attention over a
-    sequence of `mean_length` tokens."""
-    h, i, layers = int(config.hidden_size), int(config.intermediate_size), int(config.num_hidden_layers)
-    return layers * 2 * (4 * h * h + 3 * h * i + 2 * h * mean_length)
 
 
 def sorted_baseline(path: Path, texts: Sequence[str], device: torch.device, dtype: torch.dtype,
@@ -90,10 +74,10 @@ def sorted_baseline(path: Path, texts: Sequence[str], device: torch.device, dtyp
 
     with torch.inference_mode():
         run()  # warm-up: kernels chosen, memory allocated
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         run()
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - started
 
 
@@ -196,7 +180,6 @@ def main() -> None:
     embedding, reranker = full_size_checkpoint(), full_size_checkpoint("reranker")
     dtype = settled_dtype(embedding, device, "auto")  # what the server runs in; the baselines run in it too
     tokenizer = transformers.AutoTokenizer.from_pretrained(embedding)
-    config = transformers.AutoConfig.from_pretrained(embedding)
 
     texts = passages(48 if small else 4096, 20, 300 if small else 1200)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=8192)["input_ids"]]
@@ -215,8 +198,8 @@ def main() -> None:
     }
     print(json.dumps(results, indent=1))
 
-    limit = matmul_limit(device, dtype)
-    limit_tokens = limit / flop_per_token(config, mean)
+    limit = matmul_flops_per_second(device, dtype)
+    limit_tokens = total / (model_flops(lengths) / limit)
     baseline = total / sorted_baseline(embedding, texts, device, dtype, 32)
     rerank_baseline = len(docs) / sorted_baseline(reranker, docs, device, dtype, 64, pairs_with=QUERY)
     if device.type == "cuda":
@@ -258,10 +241,6 @@ def main() -> None:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.json}")
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":
