@@ -20,12 +20,18 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import transformers
 
-from bench.common import full_size_checkpoint, matmul_flops_per_second, model_flops, passages, settled_dtype
+from bench.common import (
+    full_size_checkpoint,
+    matmul_flops_per_second,
+    model_flops,
+    passages,
+    settled_dtype,
+    transformers_baseline,
+)
 from mgte.batcher import Batcher
 from mgte.checkpoint import load_checkpoint
 from mgte.runtime import Embedder, EmbeddingOutput, resolve_device
@@ -41,22 +47,6 @@ class PaddedEmbedder(Embedder):
         hidden = self.module.gte(input_ids=input_ids.to(self.device),
                                  attention_mask=mask.to(self.device)).last_hidden_state
         return [EmbeddingOutput(state, None) for state in hidden[:, 0].float().cpu()]
-
-
-def baseline(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, by_length: bool) -> float:
-    """Plain transformers in padded batches of 32: in arrival order (a naive loop), or sorted by
-    length first (what sentence-transformers' encode does)."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model: Any = transformers.GteForTokenClassification.from_pretrained(path, dtype=dtype)
-    model = model.to(device).eval()
-    ordered = sorted(texts, key=len) if by_length else texts
-    with torch.inference_mode():
-        model.gte(**tokenizer(ordered[:2], padding=True, return_tensors="pt").to(device))  # warm-up
-        started = time.perf_counter()
-        for i in range(0, len(ordered), 32):
-            batch = tokenizer(ordered[i:i + 32], padding=True, return_tensors="pt").to(device)
-            model.gte(**batch).last_hidden_state[:, 0].float().cpu()
-    return time.perf_counter() - started
 
 
 def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, budget: int,
@@ -110,8 +100,9 @@ def main() -> None:
     name = str(dtype).removeprefix("torch.")
     print(f"{name} matmul {flops / 1e9:.0f} GFLOP/s: limit {limit:.0f} tokens/s for these passages "
           f"({model_flops(lengths) / total / 1e6:.0f} MFLOP/token)")
-    base = baseline(path, texts, device, dtype, by_length=True)
-    results = {"transformers, arrival order, batches of 32": baseline(path, texts, device, dtype, by_length=False),
+    base = transformers_baseline(path, texts, device, dtype)
+    results = {"transformers, arrival order, batches of 32":
+                   transformers_baseline(path, texts, device, dtype, by_length=False),
                "transformers, sorted by length, batches of 32 (baseline)": base,
                f"mgte batches run padded ({args.max_batch_tokens}-token budget)":
                    runtime(path, texts, device, dtype, args.max_batch_tokens, PaddedEmbedder),

@@ -43,42 +43,12 @@ from bench.common import (
     model_flops,
     passages,
     settled_dtype,
-    synchronize,
+    transformers_baseline,
 )
 from mgte.runtime import resolve_device
 from mgte_udf.client import Client
 
 QUERY = "what is the price of coffee near the central station?"
-
-
-def sorted_baseline(path: Path, texts: Sequence[str], device: torch.device, dtype: torch.dtype,
-                    batch: int, pairs_with: str | None = None) -> float:
-    """Seconds for plain transformers on `texts` sorted by length, in padded batches of `batch`:
-    the dense output (first token), or with `pairs_with`, the reranker's logits."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    kind: Any = transformers.GteForSequenceClassification if pairs_with else transformers.GteForTokenClassification
-    model: Any = kind.from_pretrained(path, dtype=dtype).to(device).eval()
-    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
-    ordered = [texts[j] for j in order]
-
-    def run() -> None:
-        for start in range(0, len(ordered), batch):
-            chunk = ordered[start:start + batch]
-            if pairs_with is None:
-                inputs = tokenizer(chunk, padding=True, truncation=True, max_length=8192, return_tensors="pt")
-                model.gte(**inputs.to(device)).last_hidden_state[:, 0].float().cpu()
-            else:
-                inputs = tokenizer([pairs_with] * len(chunk), chunk, padding=True, truncation=True,
-                                   max_length=8192, return_tensors="pt")
-                model(**inputs.to(device)).logits.float().cpu()
-
-    with torch.inference_mode():
-        run()  # warm-up: kernels chosen, memory allocated
-        synchronize(device)
-        started = time.perf_counter()
-        run()
-        synchronize(device)
-        return time.perf_counter() - started
 
 
 def concurrently(socket: str, clients: int, work: Sequence[Callable[[Client], object]]) -> float:
@@ -200,8 +170,8 @@ def main() -> None:
 
     limit = matmul_flops_per_second(device, dtype)
     limit_tokens = total / (model_flops(lengths) / limit)
-    baseline = total / sorted_baseline(embedding, texts, device, dtype, 32)
-    rerank_baseline = len(docs) / sorted_baseline(reranker, docs, device, dtype, 64, pairs_with=QUERY)
+    baseline = total / transformers_baseline(embedding, texts, device, dtype)
+    rerank_baseline = len(docs) / transformers_baseline(reranker, docs, device, dtype, batch=64, pairs_with=QUERY)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the baselines' memory, before the server takes its own
 
