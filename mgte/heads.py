@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +26,26 @@ def dense(states: torch.Tensor, dim: int | None, normalize: bool = True) -> torc
     return F.normalize(states, p=2.0, dim=-1) if normalize else states
 
 
-def sparse(ids: torch.Tensor, token_weights: torch.Tensor, drop_ids: torch.Tensor) -> SparseVector:
-    """`relu(classifier(h_t))` per token, without special tokens or weights <= 0; a repeated
-    token keeps its maximum weight."""
-    keep = (token_weights > 0) & ~torch.isin(ids, drop_ids)
-    ids, token_weights = ids[keep], token_weights[keep].float()
-    unique, position = torch.unique(ids, return_inverse=True)
-    best = torch.zeros(unique.shape[0], dtype=torch.float32).scatter_reduce(
-        0, position, token_weights, reduce="amax", include_self=False)
-    return SparseVector(unique, best)
+def sparse(ids: torch.Tensor, token_weights: torch.Tensor, lengths: Sequence[int],
+           drop_ids: torch.Tensor) -> list[SparseVector]:
+    """`relu(classifier(h_t))` per token of each sequence (`ids` and `token_weights` hold the
+    sequences end to end), without special tokens or weights <= 0; a token repeated within a
+    sequence keeps its maximum weight. Computed where the inputs are: from a GPU, only the surviving
+    weights are copied back."""
+    device = ids.device
+    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                       torch.tensor(lengths, device=device), output_size=len(ids))
+    keep = (token_weights > 0) & ~torch.isin(ids, drop_ids.to(device))
+    # One key per (sequence, token id), in that order: torch.unique sorts them, merges repeats and
+    # leaves each sequence's ids ascending.
+    keys = (sequence[keep] << 32) | ids[keep]
+    unique, position = torch.unique(keys, return_inverse=True)
+    best = torch.zeros(unique.shape[0], dtype=torch.float32, device=device).scatter_reduce(
+        0, position, token_weights[keep].float(), reduce="amax", include_self=False)
+    unique, best = unique.cpu(), best.cpu()
+    counts = torch.bincount(unique >> 32, minlength=len(lengths)).tolist()
+    return [SparseVector(token_ids, weights) for token_ids, weights
+            in zip(torch.split(unique & 0xFFFFFFFF, counts), torch.split(best, counts), strict=True)]
 
 
 def by_token_string(vector: SparseVector, decode: Callable[[int], str]) -> dict[str, float]:

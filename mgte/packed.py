@@ -3,7 +3,8 @@
 Padding costs a whole token's work in every linear layer and LayerNorm; here the embeddings,
 projections, MLPs and LayerNorms see only real tokens. Only attention needs the sequence
 boundaries: PyTorch's varlen flash attention takes them as cumulative lengths on GPUs; elsewhere
-each sequence's slice goes through scaled_dot_product_attention on its own.
+each sequence's slice goes through scaled_dot_product_attention on its own. Short batches on a GPU
+run the same layers on fixed padded shapes instead (`encode_padded`), to be replayed as CUDA graphs.
 
 Everything but attention calls the loaded GteModel's own submodules, so the arithmetic is
 transformers' (and follows whatever replaces a Linear, such as quantisation).
@@ -39,7 +40,7 @@ _varlen_attn = _load_varlen_attn()
 
 @dataclass(frozen=True)
 class Packed:
-    """A batch of token ids, end to end, on the host."""
+    """A batch of token ids, end to end."""
 
     ids: torch.Tensor  # int64 [tokens]
     positions: torch.Tensor  # int64 [tokens]: each token's place in its own sequence
@@ -50,6 +51,14 @@ class Packed:
     def starts(self) -> torch.Tensor:
         """The index of each sequence's first token."""
         return self.cu_seqlens[:-1].long()
+
+    def to(self, device: torch.device) -> Packed:
+        """On a GPU, copied from pinned memory without waiting: the model thread goes on queueing kernels."""
+        if device.type != "cuda":
+            return self
+        ids, positions, cu_seqlens = (t.pin_memory().to(device, non_blocking=True)
+                                      for t in (self.ids, self.positions, self.cu_seqlens))
+        return Packed(ids, positions, cu_seqlens, self.lengths)
 
 
 def pack(batch: Sequence[Sequence[int]]) -> Packed:
@@ -78,25 +87,48 @@ def attention_kind(device: torch.device, dtype: torch.dtype, head_dim: int) -> s
 
 def encode(model: transformers.GteModel, packed: Packed, attention: str) -> torch.Tensor:
     """The last hidden state of every token, [tokens, hidden]: GteModel's output for the unpadded
-    positions of the same sequences padded into one batch."""
-    device = model.embeddings.word_embeddings.weight.device
-    ids, positions = packed.ids.to(device), packed.positions.to(device)
-    cu_seqlens = packed.cu_seqlens.to(device)
-    tokens, longest = len(ids), max(packed.lengths)
+    positions of the same sequences padded into one batch. `packed` is on the model's device."""
+    longest = max(packed.lengths)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if attention == VARLEN:
+            assert _varlen_attn is not None
+            return _varlen_attn(q, k, v, packed.cu_seqlens, packed.cu_seqlens, longest, longest, scale=scale)
+        return _attention_per_sequence(q, k, v, packed.lengths, scale)
+
+    return _layers(model, packed.ids, packed.positions, attend)
+
+
+def encode_padded(model: transformers.GteModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The last hidden state of right-padded rows, [rows, width, hidden], with no host synchronisation:
+    fixed shapes a CUDA graph can capture (mgte.cuda_graphs). A row with no real token gives garbage."""
+    rows, width = ids.shape
+    keys = mask.bool()[:, None, None, :]  # [rows, 1, 1, width]: every query sees its row's real tokens
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        q, k, v = (x.view(rows, width, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale).transpose(1, 2)
+        return context.reshape(rows * width, *context.shape[2:])
+
+    positions = torch.arange(width, device=ids.device).repeat(rows)
+    return _layers(model, ids.reshape(-1), positions, attend).view(rows, width, -1)
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def _layers(model: transformers.GteModel, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+    """GteModel's embeddings and layers on [tokens] ids, attention left to `attend` ([tokens, heads,
+    head_dim] in and out); GteLayer.forward without the mask and dropout (inference): attention, add,
+    LayerNorm (post-norm), then the gated MLP, add, LayerNorm."""
+    tokens = len(ids)
     hidden: torch.Tensor = model.embeddings(input_ids=ids)
     cos, sin = model.rotary_emb(hidden, positions)
-    # GteLayer.forward without the mask and dropout (inference): attention, add, LayerNorm
-    # (post-norm), then the gated MLP, add, LayerNorm.
     for layer in cast("list[GteLayer]", model.layers[:model.config.num_hidden_layers]):
         attn = layer.self_attn
         shape = (tokens, -1, attn.head_dim)
         q, k = apply_rotary_pos_emb(attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape), cos, sin)
-        v = attn.v_proj(hidden).view(shape)
-        if attention == VARLEN:
-            assert _varlen_attn is not None
-            context = _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale=attn.scaling)
-        else:
-            context = _attention_per_sequence(q, k, v, packed.lengths, attn.scaling)
+        context = attend(q, k, attn.v_proj(hidden).view(shape), attn.scaling)
         hidden = layer.post_attention_layernorm(hidden + attn.o_proj(context.reshape(tokens, -1)))
         hidden = layer.post_mlp_layernorm(hidden + layer.mlp(hidden))
     return hidden

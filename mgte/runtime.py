@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import transformers
 from tokenizers import normalizers
 
-from mgte import heads, packed
+from mgte import cuda_graphs, heads, packed
 from mgte.checkpoint import Checkpoint, Dense, Normalize, PoolingMode
 from mgte.errors import UserError
 from mgte.gte_config import GTE_CLASS
@@ -147,6 +147,8 @@ class Model:
         self.module = module.to(device).eval()
         if isinstance(dtype, AutoDtype) and device.type == "cpu":
             self._choose_cpu_dtype(dtype)
+        self.graphs: cuda_graphs.ShortBatches | None = None
+        self.graphs_reason = "off: this model runs padded batches"
         log.info("%s runs in %s (%s)", checkpoint.source, str(self.dtype).removeprefix("torch."), self.dtype_reason)
 
     def _choose_cpu_dtype(self, auto: AutoDtype) -> None:
@@ -192,12 +194,28 @@ class Model:
             "dtype_reason": self.dtype_reason,
             "kernels": {"attention": _attention(self) if self.unpadded else
                         f"{self.module.config._attn_implementation} (padded batches)",
+                        "cuda_graphs": self.graphs_reason,
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                         "threads": torch.get_num_threads()},
         }
 
     def forward(self, batch: Sequence[Sequence[int]]) -> list[Any]:
         raise NotImplementedError
+
+    def computed_tokens(self, lengths: Sequence[int]) -> int:
+        """The token positions forward computes for sequences of these lengths, padding included."""
+        shape = cuda_graphs.bucket(lengths) if self.graphs else None
+        if shape is not None:
+            return shape[0] * shape[1]
+        return sum(lengths) if self.unpadded else max(lengths) * len(lengths)
+
+    def _capture_graphs(self, step: cuda_graphs.Step) -> None:
+        self.graphs, self.graphs_reason = cuda_graphs.capture(step, self.device, self.tokenizer.pad_token_id)
+
+    def _replay(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, ...] | None:
+        """The captured step's outputs for `batch`, sliced to its sequences; None: run it eagerly."""
+        outputs = self.graphs.run(batch) if self.graphs else None
+        return None if outputs is None else tuple(out[:len(batch)] for out in outputs)
 
     def _truncate(self, encoded: list[list[int]], redo: Callable[[list[int]], list[list[int]]]) -> list[Tokens]:
         """Keeps inputs that fit; re-encodes the others with the tokenizer's own truncation."""
@@ -250,20 +268,31 @@ class Embedder(TextEncoder):
         super().__init__(checkpoint, device, dtype)
         tok = self.tokenizer
         self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
-                                                         tok.unk_token_id) if i is not None}))
+                                                         tok.unk_token_id) if i is not None}), device=device)
+        self._capture_graphs(self._short_step)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
-        inputs = packed.pack(batch)
-        # The backbone and the classifier separately, unpadded: every token's state is needed.
-        hidden = packed.encode(self.module.gte, inputs, _attention(self))
-        first = hidden[inputs.starts.to(self.device)].float().cpu()
-        token_weights = torch.relu(_linear32(self.module.classifier, hidden)[:, 0]).cpu()
-        return [
-            EmbeddingOutput(state, heads.sparse(ids, weights, self._drop_ids))
-            for state, ids, weights in zip(first, torch.split(inputs.ids, inputs.lengths),
-                                           torch.split(token_weights, inputs.lengths), strict=True)
-        ]
+        inputs = packed.pack(batch).to(self.device)
+        replayed = self._replay(batch)
+        if replayed is None:
+            # The backbone and the classifier separately, unpadded: every token's state is needed.
+            hidden = packed.encode(self.module.gte, inputs, _attention(self))
+            first = hidden[inputs.starts]
+            token_weights = torch.relu(_linear32(self.module.classifier, hidden)[:, 0])
+        else:
+            first, padded_weights = replayed
+            width = padded_weights.shape[1]
+            real = torch.arange(width) < torch.tensor(inputs.lengths)[:, None]
+            token_weights = padded_weights[real.to(self.device)]
+        sparse = heads.sparse(inputs.ids, token_weights, inputs.lengths, self._drop_ids)
+        return [EmbeddingOutput(state, vector) for state, vector in zip(first.float().cpu(), sparse, strict=True)]
+
+    def _short_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's outputs on fixed padded shapes, for CUDA graphs: the first token's state and every
+        position's sparse weight."""
+        hidden = packed.encode_padded(self.module.gte, ids, mask)
+        return hidden[:, 0].float(), torch.relu(_linear32(self.module.classifier, hidden)[..., 0])
 
 
 class SentenceEncoder(TextEncoder):
@@ -375,16 +404,29 @@ class Reranker(Model):
             [query] * len(idx), [documents[i] for i in idx], truncation="longest_first",
             max_length=self.max_length, return_attention_mask=False, verbose=False)["input_ids"])
 
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
+        super().__init__(checkpoint, device, dtype)
+        self._capture_graphs(self._short_step)
+
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
-        inputs = packed.pack(batch)
-        hidden = packed.encode(self.module.gte, inputs, _attention(self))
-        # GteForSequenceClassification's head: the pooler (dense, tanh) on the first token, then the
-        # classifier; its dropout is off at inference.
+        replayed = self._replay(batch)
+        if replayed is None:
+            inputs = packed.pack(batch).to(self.device)
+            hidden = packed.encode(self.module.gte, inputs, _attention(self))
+            logits = self._head(hidden[inputs.starts])
+        else:
+            (logits,) = replayed
+        return [float(x) for x in logits.cpu().tolist()]
+
+    def _short_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self._head(packed.encode_padded(self.module.gte, ids, mask)[:, 0]),)
+
+    def _head(self, first: torch.Tensor) -> torch.Tensor:
+        """GteForSequenceClassification's head on the first tokens' states: the pooler (dense, tanh),
+        then the classifier; its dropout is off at inference."""
         pooler = self.module.gte.pooler
-        first = hidden[inputs.starts.to(self.device)]
-        logits = _linear32(self.module.classifier, pooler.activation(_linear32(pooler.dense, first)))
-        return [float(x) for x in logits[:, 0].cpu().tolist()]
+        return _linear32(self.module.classifier, pooler.activation(_linear32(pooler.dense, first)))[:, 0]
 
 
 def _linear32(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

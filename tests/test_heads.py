@@ -27,13 +27,25 @@ def test_dense_is_unit_length_for_every_dim() -> None:
 def test_sparse_drops_specials_and_non_positive_weights_and_keeps_max_of_repeats() -> None:
     ids = torch.tensor([0, 5, 7, 5, 2, 3, 1, 9, 11])
     weights = torch.tensor([9.0, 0.2, -1.0, 0.7, 8.0, 7.0, 6.0, 0.0, 0.3])
-    vector = heads.sparse(ids, weights, SPECIAL)
+    (vector,) = heads.sparse(ids, weights, [len(ids)], SPECIAL)
     assert vector.ids.tolist() == [5, 11]
     torch.testing.assert_close(vector.weights, torch.tensor([0.7, 0.3]))
 
 
+def test_sparse_keeps_each_sequence_of_a_batch_apart() -> None:
+    # Three sequences end to end: 5 repeats across them but keeps each one's own maximum; the
+    # middle one has nothing left; the last one's ids come out ascending.
+    ids = torch.tensor([0, 5, 9, 2, 0, 5, 2, 0, 5, 12, 7, 5, 2])
+    weights = torch.tensor([1.0, 0.5, 0.1, 1.0, 1.0, -0.5, 1.0, 1.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    first, middle, last = heads.sparse(ids, weights, [4, 3, 6], SPECIAL)
+    assert (first.ids.tolist(), middle.ids.tolist(), last.ids.tolist()) == ([5, 9], [], [5, 7, 12])
+    torch.testing.assert_close(first.weights, torch.tensor([0.5, 0.1]))
+    torch.testing.assert_close(last.weights, torch.tensor([0.8, 0.6, 0.4]))
+    assert middle.weights.dtype == torch.float32 and middle.ids.dtype == torch.int64
+
+
 def test_sparse_of_nothing_is_empty() -> None:
-    vector = heads.sparse(torch.tensor([0, 2]), torch.tensor([1.0, 1.0]), SPECIAL)
+    (vector,) = heads.sparse(torch.tensor([0, 2]), torch.tensor([1.0, 1.0]), [2], SPECIAL)
     assert vector.ids.numel() == 0 and vector.weights.numel() == 0
 
 

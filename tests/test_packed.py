@@ -62,7 +62,7 @@ def padded_embeddings(embedder: Embedder, batch: Sequence[Sequence[int]]) -> Pad
     device = embedder.device
     hidden = embedder.module.gte(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     weights = torch.relu(embedder.module.classifier(hidden)[..., 0].float()).cpu()
-    sparse = [heads.sparse(input_ids[row, :len(ids)], weights[row, :len(ids)], embedder._drop_ids)
+    sparse = [heads.sparse(input_ids[row, :len(ids)], weights[row, :len(ids)], [len(ids)], embedder._drop_ids)[0]
               for row, ids in enumerate(batch)]
     return Padded(hidden[:, 0].float().cpu(), sparse)
 
