@@ -2,8 +2,8 @@
 
 Each request becomes a job of tokenised sequences. The model thread takes a round of
 queued sequences (oldest first, one model at a time, a few batch budgets' worth), sorts
-it by length, cuts it into batches of similar lengths of at most `max_batch_tokens` padded
-tokens, and runs them. A short query that arrives during a long round waits at
+it by length, cuts it into batches of at most `max_batch_tokens` tokens (counted with their
+padding for models that run padded batches), and runs them. A short query that arrives during a long round waits at
 most for that round; the queue is bounded, and a job that does not fit is refused at once.
 """
 
@@ -28,8 +28,8 @@ log = logging.getLogger("mgte.batcher")
 # A round holds this many batch budgets: enough to sort a large request usefully,
 # small enough that a query arriving meanwhile does not wait long.
 ROUND_BUDGETS = 4
-# Padding is wasted work: sequences shorter than this share of a batch's widest start a new
-# batch. On a 2-core CPU (full-size model, 48 passages of 25-400 tokens) this took the
+# Padding is wasted work: in a padded model's batches, sequences shorter than this share of the
+# batch's widest start a new batch. On a 2-core CPU (full-size model, 48 passages of 25-400 tokens) this took the
 # padding overhead from 13% to 4% and throughput from 877 to 1002 tokens/s.
 MIN_FILL = 0.9
 
@@ -138,17 +138,23 @@ class Batcher:
         return taken
 
     def _cut(self, round_: list[_Item]) -> list[list[_Item]]:
-        """Longest first; a sequence joins the current batch only if the padded batch stays
-        within the budget and the sequence is at least MIN_FILL as long as the batch's widest."""
+        """Longest first. A padded model's batch takes a sequence only if the padded batch stays within
+        the budget and the sequence is at least MIN_FILL as long as the batch's widest; an unpadded
+        model's batch takes sequences while their tokens fit the budget (neighbours in length still
+        share a batch, which keeps its attention and any CUDA-graph bucket tight)."""
         round_.sort(key=lambda item: item.length, reverse=True)
+        unpadded = round_[0].job.model.unpadded  # a round holds one model's sequences
         batches: list[list[_Item]] = []
+        tokens = 0
         for item in round_:
-            widest = batches[-1][0].length if batches else 0
-            if (batches and (len(batches[-1]) + 1) * widest <= self.max_batch_tokens
-                    and item.length >= MIN_FILL * widest):
+            if batches and (tokens + item.length <= self.max_batch_tokens if unpadded else
+                            (len(batches[-1]) + 1) * batches[-1][0].length <= self.max_batch_tokens
+                            and item.length >= MIN_FILL * batches[-1][0].length):
                 batches[-1].append(item)
+                tokens += item.length
             else:
                 batches.append([item])
+                tokens = item.length
         return batches
 
     def _run_batch(self, batch: list[_Item]) -> None:
@@ -173,7 +179,7 @@ class Batcher:
         c.batches += 1
         c.sequences += len(batch)
         c.tokens += sum(lengths)
-        c.padded_tokens += max(lengths) * len(batch)
+        c.padded_tokens += model.computed_tokens(lengths)
         c.largest_batch = max(c.largest_batch, len(batch))
         c.multi_request_batches += len({id(item.job) for item in batch}) > 1
         c.busy_seconds += busy

@@ -28,10 +28,22 @@ class PoisonedEmbedder(Embedder):
         return super().forward(batch)
 
 
+class PaddedEmbedder(Embedder):
+    """Batched as a model that runs padded batches (a sentence-transformers folder) is."""
+
+    unpadded = False
+
+
 @pytest.fixture(scope="module")
 def embedder(checkpoints: Checkpoints) -> PoisonedEmbedder:
     return PoisonedEmbedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"),
                             torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def padded_embedder(checkpoints: Checkpoints) -> PaddedEmbedder:
+    return PaddedEmbedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"),
+                          torch.device("cpu"), torch.float32)
 
 
 def items(embedder: Embedder, lengths: list[int]) -> list[_Item]:
@@ -39,10 +51,13 @@ def items(embedder: Embedder, lengths: list[int]) -> list[_Item]:
     return [_Item(job, i) for i in range(len(lengths))]
 
 
-def test_batches_respect_the_budget_and_group_similar_lengths(embedder: Embedder) -> None:
+LENGTHS = [11, 300, 95, 290, 100, 12, 280, 11, 1500, 100, 9]
+
+
+def test_padded_batches_respect_the_budget_and_group_similar_lengths(padded_embedder: Embedder) -> None:
     batcher = Batcher(max_batch_tokens=1000, max_queued=100)
-    lengths = [11, 300, 95, 290, 100, 12, 280, 11, 1500, 100, 9]
-    batches = batcher._cut(items(embedder, lengths))
+    lengths = LENGTHS
+    batches = batcher._cut(items(padded_embedder, lengths))
     assert sorted(item.length for batch in batches for item in batch) == sorted(lengths)
     for batch in batches:
         widest = batch[0].length
@@ -51,6 +66,24 @@ def test_batches_respect_the_budget_and_group_similar_lengths(embedder: Embedder
         assert all(item.length >= MIN_FILL * widest for item in batch)
     # 1500 alone (over budget); 300/290/280; 100/100/95; 12/11/11; 9 is under 90% of 12
     assert [len(b) for b in batches] == [1, 3, 3, 3, 1]
+
+
+def test_unpadded_batches_fill_the_budget_with_real_tokens(embedder: Embedder) -> None:
+    batcher = Batcher(max_batch_tokens=1000, max_queued=100)
+    batches = batcher._cut(items(embedder, LENGTHS))
+    assert [[item.length for item in batch] for batch in batches] == [
+        [1500], [300, 290, 280, 100], [100, 95, 12, 11, 11, 9]]  # the next one in order would overflow
+
+
+def test_counters_count_the_tokens_each_kind_of_model_computes(embedder: Embedder,
+                                                               padded_embedder: Embedder) -> None:
+    for model, computed in ((embedder, 10 + 11), (padded_embedder, 2 * 11)):
+        batcher = Batcher(max_batch_tokens=1000, max_queued=100)
+        future = batcher.submit(model, [[0] + [5] * 8 + [2], [0] + [5] * 9 + [2]])
+        batcher.start()
+        future.result(timeout=30)
+        batcher.stop()
+        assert (batcher.counters.batches, batcher.counters.tokens, batcher.counters.padded_tokens) == (1, 21, computed)
 
 
 def test_full_queue_is_refused_at_once(embedder: Embedder) -> None:
