@@ -12,6 +12,8 @@ weights), it measures:
   queries    64 concurrent clients sending one query each: queries/s
   rerank     pairs/s through the server, against plain transformers in sorted batches of 64
   long       one 8,192-token text through the server: latency, and the device's peak memory
+  forward    the model alone on one 16-token query and on 32 queries of 32 tokens: replayed as
+             CUDA graphs against run eagerly (the same where graphs are off, as on a CPU)
 and writes them, with the machine, to a JSON file. --small shrinks every workload so that a
 CPU finishes in a few minutes; its figures say nothing about a GPU.
 """
@@ -45,7 +47,8 @@ from bench.common import (
     settled_dtype,
     transformers_baseline,
 )
-from mgte.runtime import resolve_device
+from mgte.checkpoint import load_checkpoint
+from mgte.runtime import Embedder, resolve_device
 from mgte_udf.client import Client
 
 QUERY = "what is the price of coffee near the central station?"
@@ -132,6 +135,17 @@ def latencies(call: Callable[[], object], count: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+def forward_latencies(path: Path, device: torch.device, dtype: torch.dtype, count: int) -> dict[str, Any]:
+    """The model's forward alone on short batches, p50/p99: as served (CUDA graphs where they are on)
+    and eagerly; synchronised by forward's copy of its results to the host."""
+    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, dtype)
+    batches = {"one_16_token_query": [list(range(5, 21))], "32_queries_of_32_tokens": [list(range(5, 37))] * 32}
+    served = {name: latencies(functools.partial(embedder.forward, batch), count) for name, batch in batches.items()}
+    graphs, embedder.graphs = embedder.graphs_reason, None
+    eager = {name: latencies(functools.partial(embedder.forward, batch), count) for name, batch in batches.items()}
+    return {"cuda_graphs": graphs, "served": served, "eager": eager}
+
+
 def long_text(tokenizer: Any, tokens: int) -> str:
     """A text of about `tokens` tokens."""
     words = passages(1, tokens, tokens, seed=7)[0].split()
@@ -172,6 +186,7 @@ def main() -> None:
     limit_tokens = total / (model_flops(lengths) / limit)
     baseline = total / transformers_baseline(embedding, texts, device, dtype)
     rerank_baseline = len(docs) / transformers_baseline(reranker, docs, device, dtype, batch=64, pairs_with=QUERY)
+    forward = forward_latencies(embedding, device, dtype, 20 if small else 500)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the baselines' memory, before the server takes its own
 
@@ -195,7 +210,7 @@ def main() -> None:
                                   50 if small else 1000)
 
     results |= {
-        "served_model": {k: served_info["model"].get(k) for k in ("device", "dtype", "parameters")},
+        "served_model": {k: served_info["model"].get(k) for k in ("device", "dtype", "kernels", "parameters")},
         "passages_tokens_per_s": {
             "served_16_clients": round(served), "transformers_sorted_batches_32": round(baseline),
             "matmul_limit": round(limit_tokens), "matmul_gflops": round(limit / 1e9),
@@ -206,11 +221,11 @@ def main() -> None:
                                "transformers_sorted_batches_64": round(rerank_baseline),
                                "served_vs_sorted": round(rerank / rerank_baseline, 2)},
         "long_text": {**long_latency, "device_memory": after_long.get("device_memory")},
+        "model_forward": forward,
     }
     print(json.dumps({k: v for k, v in results.items() if k not in ("machine", "small", "workload")}, indent=1))
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.json}")
-
 
 
 if __name__ == "__main__":
