@@ -3,8 +3,9 @@
 Each request becomes a job of tokenised sequences. The model thread takes a round of
 queued sequences (oldest first, one model at a time, a few batch budgets' worth), sorts
 it by length, cuts it into batches of at most `max_batch_tokens` tokens (counted with their
-padding for models that run padded batches), and runs them. A short query that arrives during a long round waits at
-most for that round; the queue is bounded, and a job that does not fit is refused at once.
+padding for models that run padded batches), and runs them. A short query that arrives
+during a long round waits at most for that round; the queue is bounded, and a job that does
+not fit is refused at once.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ log = logging.getLogger("mgte.batcher")
 # small enough that a query arriving meanwhile does not wait long.
 ROUND_BUDGETS = 4
 # Padding is wasted work: in a padded model's batches, sequences shorter than this share of the
-# batch's widest start a new batch. On a 2-core CPU (full-size model, 48 passages of 25-400 tokens) this took the
-# padding overhead from 13% to 4% and throughput from 877 to 1002 tokens/s.
+# batch's widest start a new batch. On a 2-core CPU (full-size model, 48 passages of 25-400
+# tokens) this took the padding overhead from 13% to 4% and throughput from 877 to 1002 tokens/s.
 MIN_FILL = 0.9
 
 

@@ -73,14 +73,17 @@ def pack(batch: Sequence[Sequence[int]]) -> Packed:
 @functools.cache
 def attention_kind(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """VARLEN where PyTorch's varlen kernel runs: CUDA, half precision, a GPU flash attention
-    supports. Tried once rather than predicted: which GPUs and head sizes it takes varies by release."""
+    supports, a torch release whose varlen_attn takes the arguments encode passes. Tried once
+    rather than predicted: which GPUs and head sizes it takes varies by release."""
     if device.type != "cuda" or _varlen_attn is None:
         return SDPA
     x = torch.zeros(2, 1, head_dim, device=device, dtype=dtype)
     cu_seqlens = torch.tensor([0, 1, 2], device=device, dtype=torch.int32)
     try:
-        _varlen_attn(x, x, x, cu_seqlens, cu_seqlens, 1, 1)
+        _varlen_attn(x, x, x, cu_seqlens, cu_seqlens, 1, 1, scale=1.0)  # as encode calls it
     except (RuntimeError, NotImplementedError):  # float32, or a GPU the kernel does not support
+        return SDPA
+    except TypeError:  # the first releases with varlen attention take no `scale`
         return SDPA
     return VARLEN
 

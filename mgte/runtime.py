@@ -1,4 +1,5 @@
-"""The models in memory: tokenising with truncation reported, and running padded batches.
+"""The models in memory: tokenising with truncation reported, and running batches (the mGTE
+models unpadded, mgte.packed; short batches on a GPU as CUDA graphs, mgte.cuda_graphs).
 
 The server's batcher decides what goes into a batch; this module only runs one.
 """
@@ -397,16 +398,16 @@ class Reranker(Model):
 
     unpadded = True
 
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
+        super().__init__(checkpoint, device, dtype)
+        self._capture_graphs(self._short_step)
+
     def tokenize(self, query: str, documents: Sequence[str]) -> list[Tokens]:
         queries = [query] * len(documents)
         encoded = self.tokenizer(queries, list(documents), return_attention_mask=False, verbose=False)["input_ids"]
         return self._truncate(encoded, lambda idx: self.tokenizer(
             [query] * len(idx), [documents[i] for i in idx], truncation="longest_first",
             max_length=self.max_length, return_attention_mask=False, verbose=False)["input_ids"])
-
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
-        super().__init__(checkpoint, device, dtype)
-        self._capture_graphs(self._short_step)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
