@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
             "bfloat16 where the CPU runs it natively (amx_bf16, avx512_bf16) and it matches float32 on probe "
             "texts, else float32 (mgte info says which and why)")
     _option(serve, "--max-batch-tokens", "MGTE_MAX_BATCH_TOKENS", 0,
-            "padded tokens per model batch; 0 picks 4096 on CPU and 65536 on CUDA", type=_natural)
+            "tokens per model batch (with their padding, for models run padded); 0 picks 4096 on CPU and "
+            "65536 on CUDA", type=_natural)
     _option(serve, "--max-request-texts", "MGTE_MAX_REQUEST_TEXTS", 1024,
             "texts (or documents) in one request; clients split bigger calls", type=_positive)
     _option(serve, "--max-request-bytes", "MGTE_MAX_REQUEST_BYTES", 16 << 20,
