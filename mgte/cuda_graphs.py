@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mgte import packed
+
 log = logging.getLogger("mgte.cuda_graphs")
 
 SEQUENCES = (1, 2, 4, 8, 16, 32, 64)
@@ -35,18 +37,6 @@ def bucket(lengths: Sequence[int]) -> tuple[int, int] | None:
     if sequences is None or width is None or (sequences, width) not in BUCKETS:
         return None
     return sequences, width
-
-
-def padded(batch: Sequence[Sequence[int]], shape: tuple[int, int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` right-padded into `shape`: ids and mask. The unused rows get one real (pad) token, so
-    that their attention has a key and stays finite; their outputs are never read."""
-    ids = torch.full(shape, pad_id, dtype=torch.long)
-    mask = torch.zeros(shape, dtype=torch.long)
-    mask[len(batch):, 0] = 1
-    for row, sequence in enumerate(batch):
-        ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, :len(sequence)] = 1
-    return ids, mask
 
 
 @dataclass
@@ -78,7 +68,7 @@ class ShortBatches:
         if shape is None:
             return None
         graph = self._graphs[shape]
-        ids, mask = padded(batch, shape, self.pad_id)
+        ids, mask = packed.pad(batch, shape, self.pad_id)
         graph.ids.copy_(ids.pin_memory(), non_blocking=True)
         graph.mask.copy_(mask.pin_memory(), non_blocking=True)
         graph.graph.replay()
@@ -88,7 +78,7 @@ class ShortBatches:
 @torch.inference_mode()
 def _capture(step: Step, device: torch.device, shape: tuple[int, int], pad_id: int,
              pool: torch.cuda._POOL_HANDLE) -> _Graph:
-    ids, mask = (t.to(device) for t in padded([], shape, pad_id))
+    ids, mask = (t.to(device) for t in packed.pad([], shape, pad_id))
     # Warm-up on a side stream, as CUDA graph capture requires: kernels chosen, workspaces allocated.
     side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream(device))

@@ -70,6 +70,19 @@ def pack(batch: Sequence[Sequence[int]]) -> Packed:
     return Packed(ids, torch.arange(len(ids)) - starts, cu_seqlens, lengths)
 
 
+def pad(batch: Sequence[Sequence[int]], shape: tuple[int, int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` right-padded into `shape` (rows, width), on the host: ids and mask. Rows past the batch
+    (a CUDA-graph bucket's) get one real (pad) token, so that their attention has a key and stays
+    finite; their outputs are never read."""
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    mask = torch.zeros(shape, dtype=torch.long)
+    mask[len(batch):, 0] = 1
+    for row, sequence in enumerate(batch):
+        ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, :len(sequence)] = 1
+    return ids, mask
+
+
 @functools.cache
 def attention_kind(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """VARLEN where PyTorch's varlen kernel runs: CUDA, half precision, a GPU flash attention

@@ -228,13 +228,7 @@ class Model:
         return out
 
     def _padded(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
-        return input_ids, mask
+        return packed.pad(batch, (len(batch), max(len(ids) for ids in batch)), self.tokenizer.pad_token_id)
 
 
 class TextEncoder(Model):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgte import cuda_graphs
+from mgte import cuda_graphs, packed
 from mgte.checkpoint import load_checkpoint
 from mgte.runtime import Embedder, Reranker
 from tests.conftest import Checkpoints
@@ -32,7 +32,7 @@ class EagerShortBatches:
         if shape is None:
             return None
         self.runs += 1
-        return self.step(*cuda_graphs.padded(batch, shape, self.pad_id))
+        return self.step(*packed.pad(batch, shape, self.pad_id))
 
 
 def with_eager_graphs(model: Embedder | Reranker) -> EagerShortBatches:
@@ -62,7 +62,7 @@ def test_a_batch_takes_the_smallest_bucket_that_holds_it() -> None:
 
 
 def test_padding_gives_unused_rows_one_token() -> None:
-    ids, mask = cuda_graphs.padded([[0, 5, 2], [0, 2]], (4, 16), pad_id=1)
+    ids, mask = packed.pad([[0, 5, 2], [0, 2]], (4, 16), pad_id=1)
     assert ids.shape == mask.shape == (4, 16)
     assert ids[0, :4].tolist() == [0, 5, 2, 1] and ids[1, :3].tolist() == [0, 2, 1]
     assert mask.sum(dim=1).tolist() == [3, 2, 1, 1]
@@ -128,7 +128,7 @@ def test_cuda_graph_replays_match_eager_runs(checkpoints: Checkpoints) -> None:
     shape = cuda_graphs.bucket([len(ids) for ids in short])
     assert shape is not None
     with torch.inference_mode():
-        ids, mask = (t.to(gpu) for t in cuda_graphs.padded(short, shape, embedder.tokenizer.pad_token_id))
+        ids, mask = (t.to(gpu) for t in packed.pad(short, shape, embedder.tokenizer.pad_token_id))
         stepped = embedder._short_step(ids, mask)[0][:len(short)].cpu()
     assert min(cosines(replayed, list(stepped))) >= 0.9999
     # Against the unpadded (varlen) forward: other kernels, rounding differently in bf16.
