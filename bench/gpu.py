@@ -9,6 +9,7 @@ weights), it measures:
              length-sorted batches of 32 (what sentence-transformers does) and the matmul
              limit measured on the same device: tokens/s
   query      one short query at a time, p50/p99 end to end, through the client and through SQL
+             (where PostgreSQL is installed; left out, with the reason, where it is not)
   queries    64 concurrent clients sending one query each: queries/s
   rerank     pairs/s through the server, against plain transformers in sorted batches of 64
   long       one 8,192-token text through the server: latency, and the device's peak memory
@@ -26,11 +27,14 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,10 @@ from bench.common import (
     transformers_baseline,
 )
 from mgte.checkpoint import load_checkpoint
+from mgte.errors import UserError
+from mgte.pgcluster import find_pg_config
 from mgte.runtime import Embedder, resolve_device
+from mgte.server_process import ServerProcess
 from mgte_udf.client import Client
 
 QUERY = "what is the price of coffee near the central station?"
@@ -135,6 +142,27 @@ def latencies(call: Callable[[], object], count: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+@contextmanager
+def serving(embedding: Path, reranker: Path) -> Iterator[tuple[str, str | None]]:
+    """A server's socket, and a database pointed at it where PostgreSQL is installed; where it is
+    not (a GPU machine without it), the server alone, and None: the SQL figures are left out."""
+    try:
+        find_pg_config()
+    except UserError as exc:
+        print(f"no SQL figures: {exc}")
+    else:
+        with bench_database(str(embedding), reranker=str(reranker)) as bench:
+            yield str(bench.server.socket), bench.conninfo
+        return
+    root = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
+    server = ServerProcess.start(str(embedding), root / "mgte.sock", root / "server.log", reranker=str(reranker))
+    try:
+        yield str(server.socket), None
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def forward_latencies(path: Path, device: torch.device, dtype: torch.dtype, count: int) -> dict[str, Any]:
     """The model's forward alone on short batches, p50/p99: as served (CUDA graphs where they are on)
     and eagerly; synchronised by forward's copy of its results to the host."""
@@ -190,8 +218,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the baselines' memory, before the server takes its own
 
-    with bench_database(str(embedding), reranker=str(reranker)) as bench:
-        socket = str(bench.server.socket)
+    with serving(embedding, reranker) as (socket, conninfo):
         with Client(socket, timeout=None) as client:
             served_info = client.info()
             client.embed(texts[:64])  # warm-up
@@ -205,9 +232,11 @@ def main() -> None:
         rerank = len(docs) / concurrently(socket, 16, [functools.partial(Client.rerank, query=QUERY, documents=chunk)
                                                        for chunk in rerank_requests])
         qps = many_queries(socket, 64, 20 if small else 500)
-        with psycopg.connect(bench.conninfo, autocommit=True) as db:
-            query_sql = latencies(lambda: db.execute("SELECT mgte_embed(%s)", [QUERY]).fetchone(),
-                                  50 if small else 1000)
+        query_sql = None
+        if conninfo is not None:
+            with psycopg.connect(conninfo, autocommit=True) as db:
+                query_sql = latencies(lambda: db.execute("SELECT mgte_embed(%s)", [QUERY]).fetchone(),
+                                      50 if small else 1000)
 
     results |= {
         "served_model": {k: served_info["model"].get(k) for k in ("device", "dtype", "kernels", "parameters")},
