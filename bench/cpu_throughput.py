@@ -39,7 +39,10 @@ from mgte.server_process import ServerProcess
 
 
 class PaddedEmbedder(Embedder):
-    """The forward mgte ran before mgte.packed: transformers' GteModel on a right-padded batch."""
+    """The forward mgte ran before mgte.packed: transformers' GteModel on a right-padded batch,
+    batched as the padded models are (padded budget, MIN_FILL)."""
+
+    unpadded = False
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Sequence[int]]) -> list[EmbeddingOutput]:
