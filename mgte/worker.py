@@ -46,6 +46,7 @@ from psycopg import sql
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from mgte import logical
 from mgte.errors import UserError
 from mgte_udf.client import Client
 from mgte_udf.errors import MgteError, NotSupported, ServerError
@@ -58,6 +59,8 @@ log = logging.getLogger("mgte.worker")
 LEASE_MARGIN_SECONDS = 60
 # A settle that lost a deadlock against a concurrent write is tried again this often.
 SETTLE_TRIES = 5
+# How often the slot is read while a table is in logical mode: the delay a write waits for.
+CAPTURE_SECONDS = 0.5
 # How the worker's sessions show in pg_stat_activity (mgte doctor counts them by it).
 APPLICATION_NAME = "mgte worker"
 
@@ -85,6 +88,7 @@ class Table:
     vocab_size: int
     model: str | None
     reembedding: bool  # the second set of objects of a table being re-embedded
+    logical: bool  # in logical mode: its changes come from the slot (mgte.logical), not a trigger
 
     def function(self, suffix: str) -> sql.Composable:
         return sql.Identifier("mgte", f"{self.prefix}_{suffix}")
@@ -156,6 +160,8 @@ class Worker:
         self._failures = 0  # consecutive transient failures, for the back-off
         self._mismatch_reported: set[tuple[str, str]] = set()
         self._standby_reported = False
+        self._logical = False  # a table is in logical mode
+        self._capture_error: str | None = None  # the last failure to read the slot, logged once
 
     def run(self, only: int | None = None, until_done: bool = False,
             progress: Callable[[BatchResult], None] | None = None) -> None:
@@ -210,7 +216,10 @@ class Worker:
 
     def _pass(self, conn: psycopg.Connection[Any], settler: Settler, client: Client, only: int | None,
               progress: Callable[[BatchResult], None] | None) -> int:
-        """Drains each enabled table the served model may store into; returns the rows claimed."""
+        """Queues what the slot holds for tables in logical mode (all of them, whatever `only`
+        is: the slot moves on for all at once), then drains each enabled table the served
+        model may store into; returns the rows claimed."""
+        self._capture(conn)
         model = self._served_model(client)
         if model is None:
             return 0
@@ -222,14 +231,28 @@ class Worker:
             except psycopg.OperationalError:
                 raise
             except psycopg.errors.InsufficientPrivilege as exc:
-                raise UserError(f"{table.name}: {str(exc).strip()}",
-                                hint="connect as a member of the role mgte_worker: "
-                                     "GRANT mgte_worker TO <the worker's login role>") from None
+                raise not_a_worker(table.name, exc) from None
             except psycopg.Error as exc:  # e.g. the table was altered under us
                 self._back_off(table.name, f"database error: {str(exc).strip()}")
             except Outage as exc:
                 self._back_off(table.name, str(exc))
         return worked
+
+    def _capture(self, conn: psycopg.Connection[Any]) -> None:
+        """Queues what the slot holds (mgte.logical). A failure there (say, wal_level was
+        lowered) is logged when it first shows, and keeps no other table from being drained."""
+        try:
+            self._logical = logical.capture(conn, enabled_tables(conn))
+            self._capture_error = None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise not_a_worker("logical decoding", exc) from None
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            error = str(exc).strip()
+            if error != self._capture_error:
+                log.error("logical decoding: %s; the tables in logical mode wait, the others go on", error)
+            self._capture_error = error
 
     def _served_model(self, client: Client) -> dict[str, Any] | None:
         """What `mgte info` says of the served model, once per pass over the tables; None
@@ -261,8 +284,10 @@ class Worker:
         return False
 
     def _wait_for_work(self, listener: psycopg.Connection[Any]) -> None:
-        """Until the triggers' NOTIFY, poll_seconds, or stop (checked twice a second)."""
-        deadline = time.monotonic() + self.settings.poll_seconds
+        """Until the triggers' NOTIFY, poll_seconds (CAPTURE_SECONDS while a table is in
+        logical mode, whose writes notify nobody), or stop (checked twice a second)."""
+        wait = min(self.settings.poll_seconds, CAPTURE_SECONDS) if self._logical else self.settings.poll_seconds
+        deadline = time.monotonic() + wait
         while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
             if any(True for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1)):
                 return
@@ -347,6 +372,11 @@ class Worker:
         log.warning("%s: row %s failed alone (attempt %d of %d): %s", table.name, row.key, row.attempts + 1,
                     self.settings.max_attempts, exc)
         return Outcome(row, "retry", error=str(exc))
+
+
+def not_a_worker(what: str, exc: psycopg.Error) -> UserError:
+    return UserError(f"{what}: {str(exc).strip()}",
+                     hint="connect as a member of the role mgte_worker: GRANT mgte_worker TO <the worker's login role>")
 
 
 def claim_rows(conn: psycopg.Connection[Any], table: Table, batch_size: int, lease_seconds: float) -> list[Row]:
@@ -470,11 +500,13 @@ def enabled_tables(conn: psycopg.Connection[Any], only: int | None = None) -> li
                         hint="CREATE EXTENSION mgte CASCADE there, or point --dsn at the right database")
     # A table being re-embedded has a second set of objects, for the new model.
     rows = conn.execute(
-        "SELECT e.tbl::oid, e.tbl::text, e.prefix, e.dim, e.sparse, e.vocab_size, e.model, false "
+        "SELECT e.tbl::oid, e.tbl::text, e.prefix, e.dim, e.sparse, e.vocab_size, e.model, false, "
+        "       e.mode = 'logical' "
         "FROM mgte.enabled e "
         "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid "
         "UNION ALL "
-        "SELECT e.tbl::oid, e.tbl::text || ' (re-embedding)', r.prefix, e.dim, e.sparse, e.vocab_size, r.model, true "
+        "SELECT e.tbl::oid, e.tbl::text || ' (re-embedding)', r.prefix, e.dim, e.sparse, e.vocab_size, r.model, true, "
+        "       e.mode = 'logical' "
         "FROM mgte.reembeddings r JOIN mgte.enabled e USING (tbl) "
         "WHERE %(only)s::oid IS NULL OR e.tbl = %(only)s::oid ORDER BY 2",
         {"only": only}).fetchall()

@@ -8,6 +8,9 @@ ALTER TABLE mgte.enabled
     ADD COLUMN model text;
 COMMENT ON COLUMN mgte.enabled.model IS
     'the model whose vectors the table''s embeddings hold (the id `mgte serve` reports); NULL until the first is stored';
+-- Mode 'logical': no trigger; mgte worker reads the table's changes through logical decoding.
+ALTER TABLE mgte.enabled DROP CONSTRAINT enabled_mode_check,
+    ADD CONSTRAINT enabled_mode_check CHECK (mode IN ('async', 'sync', 'logical'));
 
 -- Proof that the acting role owns a table, for the SECURITY DEFINER functions that change
 -- mgte's catalog: they cannot see the caller's current_user, so the caller first inserts a

@@ -1,6 +1,7 @@
 -- Auto-embedding: mgte_enable sets a table up; statement-level triggers queue the keys of
--- changed rows (or, in sync mode, embed them inside the statement); `mgte worker` drains the
--- queue through the table's _claim and _settle functions.
+-- changed rows (or, in sync mode, embed them inside the statement; in logical mode there is
+-- no trigger, see sql/logical.sql); `mgte worker` drains the queue through the table's _claim
+-- and _settle functions.
 --
 -- Who runs what. For each enabled table, schema mgte holds objects that belong to the
 -- table's OWNER, and every function among them is SECURITY DEFINER, so it runs with the
@@ -13,6 +14,7 @@
 --   <prefix>_settle      stores or releases the batch   (EXECUTE: owner, mgte_worker)
 --   <prefix>_requeue     queues all rows, or the dead letters   (EXECUTE: owner)
 --   <prefix>_status      counts for mgte_status         (EXECUTE: owner, mgte_worker)
+--   <prefix>_changed     logical mode's trigger: queues changed keys (EXECUTE: owner, mgte_worker)
 -- While a table is re-embedded with another model (mgte_reembed) it has a second such set,
 -- whose triggers keep it current, until it takes over.
 -- The extension's own SECURITY DEFINER functions (_provision, _unprovision, _create_indexes,
@@ -171,7 +173,7 @@ AS $$
     SELECT format('mgte.%I', cfg.prefix || '_' || suffix) || CASE WHEN signature THEN CASE suffix
         WHEN 'claim' THEN '(integer, double precision)'
         WHEN 'settle' THEN format('(jsonb, %1$s.vector[], %1$s.sparsevec[])', mgte._vector_schema())
-        WHEN 'requeue' THEN '(boolean)' ELSE '()' END ELSE '' END
+        WHEN 'requeue' THEN '(boolean)' WHEN 'changed' THEN '(jsonb)' ELSE '()' END ELSE '' END
 $$;
 
 CREATE OR REPLACE FUNCTION mgte._function_names()
@@ -179,7 +181,7 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ARRAY['on_change', 'claim', 'settle', 'requeue', 'status']
+    SELECT ARRAY['on_change', 'claim', 'settle', 'requeue', 'status', 'changed']
 $$;
 
 -- The events of a set's statement-level triggers, which are named after them.
@@ -344,15 +346,36 @@ BEGIN
             format('SELECT %s, n.%I::text AS mgte_text FROM mgte_new AS n WHERE n.%I IS NOT NULL '
                    'AND NOT EXISTS (SELECT FROM mgte_old AS o WHERE %s AND o.%I::text IS NOT DISTINCT FROM n.%I::text)',
                    mgte._keys(cfg, 'n'), cfg.text_column, cfg.text_column, mgte._keys_match(cfg, 'o', 'n'),
-                   cfg.text_column, cfg.text_column), false), vars));
+                   cfg.text_column, cfg.text_column), false), vars),
+        'changed_given', mgte._render(cfg, mgte._changed_template(
+            'SELECT {keys} FROM jsonb_to_recordset(changed_keys) AS c({key_defs})'), vars),
+        'changed_all', mgte._render(cfg, mgte._changed_template(
+            'SELECT {keys} FROM {tbl} UNION SELECT {keys} FROM {embeddings} '
+            'UNION SELECT {keys} FROM {failed} UNION SELECT {keys} FROM {queue}'), vars));
     FOR fn IN SELECT unnest(mgte._function_names()) LOOP
         EXECUTE mgte._render(cfg, mgte._function_template(fn), vars || jsonb_build_object('name', mgte._function(cfg, fn)));
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', mgte._function(cfg, fn, true));
     END LOOP;
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s TO mgte_worker', mgte._function(cfg, 'claim', true),
-                   mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true));
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s, %s TO mgte_worker', mgte._function(cfg, 'claim', true),
+                   mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true),
+                   mgte._function(cfg, 'changed', true));
     PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
+    IF cfg.mode <> 'logical' THEN
+        PERFORM mgte._create_triggers(cfg, triggers);
+    END IF;
+    RETURN cfg;
+END
+$$;
 
+-- The statement-level triggers of a set (not in logical mode), named triggers || event.
+CREATE OR REPLACE FUNCTION mgte._create_triggers(cfg mgte.enabled, triggers text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn text;
+BEGIN
     FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                        triggers || fn, upper(fn), cfg.tbl,
@@ -362,7 +385,46 @@ BEGIN
                                ELSE '' END,
                        mgte._function(cfg, 'on_change'));
     END LOOP;
-    RETURN cfg;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._drop_triggers(tbl regclass, triggers text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn text;
+BEGIN
+    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, tbl);
+    END LOOP;
+END
+$$;
+
+-- Moves a table (both sets while it is re-embedded) into or out of logical mode: triggers
+-- off and into the publication, or back. The table lock the trigger DDL takes keeps every
+-- write on one side of the switch. DDL only: mgte_enable applies the table whole after
+-- leaving logical mode, for what the slot had not yet handed on.
+CREATE OR REPLACE FUNCTION mgte._switch_capture(cfg mgte.enabled)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    upcoming mgte.enabled := mgte._next_set(cfg.tbl);
+BEGIN
+    IF cfg.mode = 'logical' THEN
+        PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_');
+        PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_next_');
+        PERFORM mgte._publish(cfg, true);
+    ELSE
+        PERFORM mgte._create_triggers(cfg, 'mgte_');
+        IF upcoming.prefix IS NOT NULL THEN
+            PERFORM mgte._create_triggers(upcoming, 'mgte_next_');
+        END IF;
+        PERFORM mgte._publish(cfg, false);
+    END IF;
 END
 $$;
 
@@ -395,9 +457,7 @@ DECLARE
     fn text;
 BEGIN
     IF to_regclass(cfg.tbl::oid::regclass::text) IS NOT NULL THEN  -- not when the table itself is dropped
-        FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, cfg.tbl);
-        END LOOP;
+        PERFORM mgte._drop_triggers(cfg.tbl, triggers);
     END IF;
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', cfg.queue, cfg.failed);
     IF NOT keep_embeddings THEN
@@ -437,13 +497,18 @@ BEGIN
     IF FOUND THEN
         UPDATE mgte.enabled e
         SET mode = cfg.mode, on_failure = cfg.on_failure, sync_timeout_ms = cfg.sync_timeout_ms
-        WHERE e.tbl = cfg.tbl
-        RETURNING * INTO existing;
-        RETURN existing;
+        WHERE e.tbl = cfg.tbl;
+        IF (existing.mode = 'logical') <> (cfg.mode = 'logical') THEN
+            PERFORM mgte._switch_capture(mgte._config(cfg.tbl));
+        END IF;
+        RETURN mgte._config(cfg.tbl);
     END IF;
     cfg.prefix := mgte._free_prefix(cfg.tbl);
     cfg := mgte._create_set(cfg, 'mgte_');
     INSERT INTO mgte.enabled SELECT cfg.*;
+    IF cfg.mode = 'logical' THEN
+        PERFORM mgte._publish(cfg, true);
+    END IF;
     PERFORM mgte._create_search_view(cfg, mgte._owner(cfg.tbl));
     RETURN (SELECT e FROM mgte.enabled e WHERE e.tbl = cfg.tbl);
 END
@@ -477,6 +542,7 @@ BEGIN
         PERFORM mgte._drop_set(upcoming, 'mgte_next_', false);
     END IF;
     PERFORM mgte._drop_set(cfg, 'mgte_', keep_embeddings);
+    PERFORM mgte._publish(cfg, false);  -- drops the slot after the last table in logical mode
     DELETE FROM mgte.reembeddings r WHERE r.tbl::oid = cfg.tbl::oid;
     DELETE FROM mgte.enabled e WHERE e.tbl::oid = cfg.tbl::oid;
 END
@@ -525,9 +591,11 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM mgte._drop_set(live, 'mgte_', false);
-    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
-        EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', 'mgte_next_' || fn, tbl, 'mgte_' || fn);
-    END LOOP;
+    IF live.mode <> 'logical' THEN
+        FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
+            EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', 'mgte_next_' || fn, tbl, 'mgte_' || fn);
+        END LOOP;
+    END IF;
     DELETE FROM mgte.reembeddings r WHERE r.tbl = _finish_reembed.tbl;
     UPDATE mgte.enabled e
     SET prefix = upcoming.prefix, embeddings = upcoming.embeddings, queue = upcoming.queue, failed = upcoming.failed,
@@ -750,6 +818,25 @@ BEGIN
 END
 $body$
 $sql$
+WHEN 'changed' THEN $sql$
+CREATE FUNCTION {name}(changed_keys jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $body$
+DECLARE
+    queued bigint;
+BEGIN
+    IF changed_keys IS NULL THEN
+        {changed_all}
+    ELSE
+        {changed_given}
+    END IF;
+    IF queued > 0 THEN
+        PERFORM pg_catalog.pg_notify('mgte', {tbl_literal}::regclass::text);
+    END IF;
+    RETURN queued;
+END
+$body$
+$sql$
 WHEN 'status' THEN $sql$
 CREATE FUNCTION {name}()
 RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, oldest_pending interval,
@@ -818,6 +905,37 @@ $sql$ END || $sql$
 $sql$, 'CHANGED', changed)
 $template$;
 
+-- Logical mode's counterpart of the trigger (see sql/logical.sql): brings the keys that
+-- `changed` selects up to date with the rows as they are now, whatever happened to them in
+-- between. Rows gone (or with a NULL text) lose their entries; rows whose text is neither
+-- the one stored nor a dead letter's are queued. The queue entries are locked first, in
+-- key order, as the trigger does (see the protocol).
+CREATE OR REPLACE FUNCTION mgte._changed_template(changed text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $template$
+SELECT replace($sql$
+        PERFORM FROM {queue} AS q WHERE ({keys.q}) IN (CHANGED) ORDER BY {keys.q} FOR UPDATE OF q;
+        DELETE FROM {queue} AS q
+        WHERE ({keys.q}) IN (CHANGED) AND NOT EXISTS (SELECT FROM {tbl} AS t WHERE {t=q} AND t.{text} IS NOT NULL);
+        DELETE FROM {embeddings} AS e
+        WHERE ({keys.e}) IN (CHANGED) AND NOT EXISTS (SELECT FROM {tbl} AS t WHERE {t=e} AND t.{text} IS NOT NULL);
+        DELETE FROM {failed} AS f
+        WHERE ({keys.f}) IN (CHANGED) AND NOT EXISTS (SELECT FROM {tbl} AS t WHERE {t=f} AND t.{text} IS NOT NULL);
+        -- A new text deserves new tries.
+        DELETE FROM {failed} AS f USING {tbl} AS t
+        WHERE ({keys.f}) IN (CHANGED) AND {t=f} AND f.text_md5 IS DISTINCT FROM md5(t.{text}::text);
+        INSERT INTO {queue} AS q ({keys})
+        SELECT {keys.t} FROM {tbl} AS t
+        WHERE ({keys.t}) IN (CHANGED) AND t.{text} IS NOT NULL
+          AND NOT EXISTS (SELECT FROM {embeddings} AS e WHERE {e=t} AND e.text_md5 = md5(t.{text}::text))
+          AND NOT EXISTS (SELECT FROM {failed} AS f WHERE {f=t})
+        {requeue_on_conflict};
+        GET DIAGNOSTICS queued = ROW_COUNT;
+$sql$, 'CHANGED', changed)
+$template$;
+
 -- --- The SQL interface ---------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION mgte_enable(
@@ -837,16 +955,24 @@ DECLARE
     rel record;
     col record;
     existing mgte.enabled;
+    upcoming mgte.enabled;
     cfg mgte.enabled;
     info jsonb;
+    problem text;
 BEGIN
     IF tbl IS NULL OR text_column IS NULL OR sparse IS NULL THEN
         RAISE EXCEPTION 'mgte_enable needs a table, a text column and sparse true or false'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF mode IS NULL OR mode NOT IN ('async', 'sync') THEN
-        RAISE EXCEPTION 'mode must be ''async'' or ''sync'', not %', coalesce(quote_literal(mode), 'NULL')
+    IF mode IS NULL OR mode NOT IN ('async', 'sync', 'logical') THEN
+        RAISE EXCEPTION 'mode must be ''async'', ''sync'' or ''logical'', not %', coalesce(quote_literal(mode), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF mode = 'logical' AND current_setting('wal_level') <> 'logical' THEN
+        RAISE EXCEPTION 'mode ''logical'' needs wal_level = logical, and this server runs with wal_level = %',
+            current_setting('wal_level')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL; or use mode ''async''';
     END IF;
     IF on_failure IS NULL OR on_failure NOT IN ('queue', 'error') THEN
         RAISE EXCEPTION 'on_failure must be ''queue'' or ''error'', not %', coalesce(quote_literal(on_failure), 'NULL')
@@ -902,6 +1028,17 @@ BEGIN
                   HINT = format('mgte finds rows by their primary key; add one, e.g. ALTER TABLE %s ADD PRIMARY KEY (id)', tbl);
     END IF;
 
+    IF mode = 'logical' THEN
+        problem := mgte._replica_identity_problem(tbl, cfg.key_columns);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION '%', problem
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('ALTER TABLE %s REPLICA IDENTITY DEFAULT; or use mode ''async''', tbl);
+        END IF;
+        -- Writes wait until this commits: each is either queued below or published.
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+    END IF;
+
     SELECT * INTO existing FROM mgte.enabled e WHERE e.tbl = mgte_enable.tbl;
     IF FOUND THEN
         IF existing.text_column <> mgte_enable.text_column OR existing.sparse <> mgte_enable.sparse
@@ -912,6 +1049,14 @@ BEGIN
                       HINT = 'mgte_disable(table) first to set it up differently (it drops the stored embeddings)';
         END IF;
         cfg := mgte._provision(cfg);  -- changes mode, on_failure and sync_timeout_ms only
+        IF existing.mode = 'logical' AND mode <> 'logical' THEN
+            -- What the slot had not yet handed on: every set, brought up to date.
+            EXECUTE format('SELECT %s(NULL)', mgte._function(cfg, 'changed'));
+            upcoming := mgte._next_set(tbl);
+            IF upcoming.prefix IS NOT NULL THEN
+                EXECUTE format('SELECT %s(NULL)', mgte._function(upcoming, 'changed'));
+            END IF;
+        END IF;
         RETURN cfg.embeddings;
     END IF;
 
@@ -944,15 +1089,15 @@ BEGIN
         PERFORM mgte._authorize(tbl);
         PERFORM mgte._create_indexes(tbl);
     END IF;
-    -- The rows already there: the triggers hold the table lock until commit, so no row can
-    -- slip between this and them.
+    -- The rows already there: the triggers (or in logical mode the LOCK above) hold the
+    -- table lock until commit, so no row can slip between this and them.
     EXECUTE format('SELECT %s(false)', mgte._function(cfg, 'requeue'));
     RETURN cfg.embeddings;
 END
 $$;
 
 COMMENT ON FUNCTION mgte_enable(regclass, name, integer, boolean, text, text, integer, boolean) IS
-'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes (unless indexes => false), the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after) or sync (inside the statement; on_failure queue or error). Only the table''s owner may call it; the objects it creates belong to the owner';
+'embed a table''s text column automatically: creates mgte.<table>_embeddings (dense vector(dim), sparse jsonb, sparsevec, model, md5 of the text) with HNSW indexes (unless indexes => false), the view <table>_search, the triggers, and queues the rows already there; mode async (default: mgte worker embeds them shortly after), sync (inside the statement; on_failure queue or error) or logical (as async, but with no trigger: mgte worker reads the changes through logical decoding; needs wal_level = logical). Only the table''s owner may call it; the objects it creates belong to the owner';
 
 CREATE OR REPLACE FUNCTION mgte_create_indexes(tbl regclass)
 RETURNS void
@@ -1229,7 +1374,8 @@ $$;
 -- mgte_enable and mgte_disable reach them, and they act only on a proof of ownership.
 REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects(mgte.enabled, boolean),
     mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
-    mgte._give_set(mgte.enabled, text),
+    mgte._give_set(mgte.enabled, text), mgte._create_triggers(mgte.enabled, text), mgte._drop_triggers(regclass, text),
+    mgte._switch_capture(mgte.enabled),
     mgte._create_index_on(mgte.enabled),
     mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
 
@@ -1265,7 +1411,21 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled;
+    problem text;
 BEGIN
+    -- PostgreSQL would refuse UPDATE and DELETE on a table in logical mode whose replica
+    -- identity its published key no longer covers: the ALTER is refused instead.
+    FOR cfg IN SELECT e.* FROM mgte.enabled e JOIN pg_catalog.pg_event_trigger_ddl_commands() c ON c.objid = e.tbl
+               WHERE e.mode = 'logical'
+    LOOP
+        problem := mgte._replica_identity_problem(cfg.tbl, cfg.key_columns);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'mgte: %', problem
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('switch the table to another mode first: SELECT mgte_enable(%L, %L, mode => ''async'')',
+                                    cfg.tbl::text, cfg.text_column);
+        END IF;
+    END LOOP;
     FOR cfg IN
         SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
         JOIN pg_catalog.pg_class t ON t.oid = s.tbl
