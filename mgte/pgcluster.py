@@ -26,6 +26,7 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 100
 shared_buffers = 128MB
+wal_level = logical  # so that mgte_enable(..., mode => 'logical') works here too
 """
 
 

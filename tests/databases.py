@@ -95,7 +95,21 @@ def database(cluster: Cluster, socket: Path, version: str | None = None) -> Iter
             stop(worker)
         db.conn.close()  # the test may have replaced it
         with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
+            drop_slots(admin, name)
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_slots(admin: Connection, dbname: str) -> None:
+    """Drops the replication slots of a database (logical mode's), which DROP DATABASE refuses
+    to, once no session of it reads them."""
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [dbname])
+
+    def dropped() -> bool:
+        admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                      "WHERE database = %s AND NOT active", [dbname])
+        return admin.execute("SELECT FROM pg_replication_slots WHERE database = %s", [dbname]).fetchone() is None
+
+    wait_until(dropped, f"the replication slots of {dbname} are dropped", timeout=30)
 
 
 def done(db: Database, table: str = "docs") -> bool:

@@ -87,7 +87,7 @@ def test_enable_sets_up_and_queues_existing_rows(db: Database) -> None:
     ("CREATE TABLE t (id int PRIMARY KEY, a int)", "SELECT mgte_enable('t', 'a')", "42804",
      'column "a" of table public.t is of type integer, not text'),
     ("CREATE TABLE t (id int PRIMARY KEY, a text)", "SELECT mgte_enable('t', 'a', mode => 'later')", "22023",
-     "mode must be 'async' or 'sync', not 'later'"),
+     "mode must be 'async', 'sync' or 'logical', not 'later'"),
     ("CREATE TABLE t (id int PRIMARY KEY, a text)", "SELECT mgte_enable('t', 'a', dim => 0)", "22023",
      "dim must be positive"),
     ("CREATE VIEW t AS SELECT 1 AS id, 'x'::text AS a", "SELECT mgte_enable('t', 'a')", "42809",

@@ -74,6 +74,31 @@ def test_the_worker_role_drains_alice_table_and_reads_nothing_itself(db: Databas
         assert worker.execute("SELECT table_name::text FROM mgte_status()").fetchall() == [("alice.docs",)]
 
 
+def test_in_logical_mode_the_worker_role_reads_keys_only_and_eve_not_even_those(db: Database) -> None:
+    with connect(db, "alice") as alice:
+        alice.execute("SELECT mgte_enable('alice.docs', 'body', mode => 'logical')")  # no REPLICATION needed
+    start_worker(db)
+    wait_until(lambda: done(db, "alice.docs") and db.one("SELECT count(*) FROM mgte.docs_embeddings") == 5,
+               "alice's rows are embedded")
+    with connect(db, "alice") as alice:
+        alice.execute("UPDATE alice.docs SET body = 'alice''s new secret' WHERE id = 1")
+    wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings e JOIN alice.docs d USING (id) "
+                              "WHERE e.text_md5 = md5(d.body)") == 5, "alice's change is embedded")
+    assert "permission denied" not in db.worker_logs()
+    with connect(db, WORKER) as worker:
+        # The slot's changes carry the key columns only: no text, no other column.
+        assert worker.execute("SELECT attnames FROM pg_publication_tables").fetchall() == [(["id"],)]
+        denied(worker, "SELECT * FROM pg_logical_slot_peek_binary_changes(mgte._logical_slot(), NULL, NULL, "
+                       "'proto_version', '1', 'publication_names', 'mgte_changes')")
+        denied(worker, "SELECT pg_drop_replication_slot(mgte._logical_slot())")
+    with connect(db, "eve") as eve:
+        denied(eve, "SELECT mgte._logical_start()")
+        denied(eve, "SELECT * FROM mgte._logical_peek(pg_current_wal_flush_lsn(), 10)")
+        denied(eve, "SELECT mgte._logical_advance(pg_current_wal_flush_lsn())")
+        denied(eve, "SELECT mgte.docs_changed(NULL)")
+        denied(eve, "SELECT mgte_enable('alice.docs', 'body', mode => 'async')")
+
+
 def test_a_worker_without_the_role_is_told_what_to_grant(db: Database) -> None:
     worker = db.start_worker("--dsn", f"{db.conninfo} user=eve")
     assert worker.wait(60) == 2

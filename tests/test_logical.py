@@ -1,0 +1,249 @@
+"""Logical mode: no trigger on the table; `mgte worker` reads its changes through a logical
+decoding slot. Real PostgreSQL (wal_level = logical), real servers, real workers."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from mgte.logical import decode
+from mgte.pgcluster import Cluster
+from mgte.server_process import ServerProcess
+from tests.conftest import Checkpoints, running_server, shared_tempdir
+from tests.databases import Database, database, stop, wait_until
+from tests.test_auto_embed import assert_all_embedded, make_docs
+
+
+@pytest.fixture
+def db(cluster: Cluster, server: ServerProcess) -> Iterator[Database]:
+    with database(cluster, server.socket) as fresh:
+        yield fresh
+
+
+def current(db: Database, table: str = "docs") -> bool:
+    """Every row with a text has the embedding of that text, and nothing else is stored:
+    in logical mode the queue may be empty before the worker has read a write."""
+    embeddings = db.one("SELECT embeddings::text FROM mgte.enabled WHERE tbl = %s::regclass", table)
+    return bool(db.one(
+        f"SELECT (SELECT count(*) FROM {table} WHERE body IS NOT NULL) = (SELECT count(*) FROM {embeddings}) "
+        f"AND NOT EXISTS (SELECT FROM {table} d LEFT JOIN {embeddings} e USING (id) "
+        "                 WHERE d.body IS NOT NULL AND e.text_md5 IS DISTINCT FROM md5(d.body))"))
+
+
+def embedded_at(db: Database) -> dict[int, Any]:
+    return dict(db.conn.execute("SELECT id, embedded_at FROM mgte.docs_embeddings").fetchall())
+
+
+def triggers(db: Database) -> set[str]:
+    return {row[0] for row in db.conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass")}
+
+
+def slots(db: Database) -> list[str]:
+    return [row[0] for row in db.conn.execute(
+        "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()").fetchall()]
+
+
+def test_every_write_reaches_the_embeddings_without_a_trigger(db: Database) -> None:
+    make_docs(db, 20, enable=False)
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    assert triggers(db) == set()
+    assert db.conn.execute("SELECT pubname, attnames FROM pg_publication_tables "
+                           "WHERE tablename = 'docs'").fetchall() == [("mgte_changes", ["id"])]
+    assert db.status("docs")["mode"] == "logical"
+    worker = db.start_worker()
+    wait_until(lambda: current(db), "the rows there before are embedded")
+    assert_all_embedded(db, 20)
+    first = embedded_at(db)
+
+    # Writes that leave the text alone re-embed nothing; the change after them tells when
+    # the worker has read them, since the slot hands writes on in commit order.
+    db.conn.execute("UPDATE docs SET n = n + 1")
+    db.conn.execute("UPDATE docs SET body = body WHERE id <= 10")
+    db.conn.execute("UPDATE docs SET body = 'changed' WHERE id = 3")
+    wait_until(lambda: current(db), "the changed text is embedded")
+    after = embedded_at(db)
+    assert [i for i in first if after[i] != first[i]] == [3]
+
+    db.conn.execute("UPDATE docs SET body = NULL WHERE id = 4")
+    db.conn.execute("DELETE FROM docs WHERE id = 5")
+    db.conn.execute("UPDATE docs SET id = 106 WHERE id = 6")  # a key that moves
+    db.conn.execute("INSERT INTO docs (id, body) SELECT g, 'new ' || g FROM generate_series(21, 25) g")
+    with db.conn.transaction():  # a row deleted and inserted again in one transaction
+        db.conn.execute("DELETE FROM docs WHERE id = 7")
+        db.conn.execute("INSERT INTO docs (id, body) VALUES (7, 'reborn')")
+    wait_until(lambda: current(db), "every write is embedded")
+    assert db.one("SELECT count(*) FROM mgte.docs_embeddings WHERE id IN (4, 5, 6)") == 0
+    assert_all_embedded(db, 23)
+
+    db.conn.execute("TRUNCATE docs")
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (1, 'after the truncate')")
+    wait_until(lambda: current(db), "the truncate and the row after it are applied")
+    assert_all_embedded(db, 1)
+    assert db.status("docs")["failed"] == 0
+    assert "Traceback" not in db.worker_logs()
+
+    # The last table to leave logical mode takes the slot along, so no WAL is kept for it.
+    assert slots(db) != []
+    db.conn.execute("SELECT mgte_disable('docs')")
+    wait_until(lambda: slots(db) == [], "the slot is dropped")
+    stop(worker)
+
+
+def test_a_lost_slot_is_made_again_and_only_what_changed_is_embedded(db: Database) -> None:
+    make_docs(db, 20)
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    worker = db.start_worker()
+    wait_until(lambda: current(db), "embedded")
+    stop(worker)
+    first = embedded_at(db)
+    db.conn.execute("UPDATE docs SET body = 'changed while no worker ran' WHERE id IN (1, 2)")
+    db.conn.execute("DELETE FROM docs WHERE id = 3")
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (21, 'new while no worker ran')")
+    # The slot is gone with what it held, as when a DBA drops it or max_slot_wal_keep_size
+    # invalidates it.
+    db.conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = current_database()")
+    db.start_worker()
+    wait_until(lambda: current(db), "the table is brought up to date")
+    after = embedded_at(db)
+    assert sorted(i for i in after if after[i] != first.get(i)) == [1, 2, 21]
+    assert "made the logical decoding slot" in db.worker_logs()
+    assert_all_embedded(db, 20)
+
+
+def test_switching_modes_loses_no_write(db: Database) -> None:
+    make_docs(db, 10)
+    worker = db.start_worker()
+    wait_until(lambda: current(db), "embedded in async mode")
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    assert triggers(db) == set()
+    db.conn.execute("UPDATE docs SET body = 'written in logical mode' WHERE id = 1")
+    wait_until(lambda: current(db), "the write in logical mode is embedded")
+    stop(worker)
+
+    # Left in the slot when the table leaves logical mode, and the slot goes with it: the
+    # switch brings the table up to date.
+    db.conn.execute("UPDATE docs SET body = 'written just before the switch' WHERE id = 2")
+    db.conn.execute("DELETE FROM docs WHERE id = 3")
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'async')")
+    assert triggers(db) == {"mgte_insert", "mgte_update", "mgte_delete", "mgte_truncate"}
+    assert slots(db) == []
+    assert db.status("docs")["pending"] == 1
+    assert db.one("SELECT count(*) FROM mgte.docs_embeddings WHERE id = 3") == 0
+    db.start_worker()
+    wait_until(lambda: current(db), "the write before the switch is embedded")
+    assert_all_embedded(db, 9)
+
+
+def test_reembed_in_logical_mode_keeps_both_sets_current(
+        cluster: Cluster, server: ServerProcess, checkpoints: Checkpoints) -> None:
+    with database(cluster, server.socket) as db:
+        make_docs(db, 10)
+        db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+        db.start_worker()
+        wait_until(lambda: current(db), "embedded with the first model")
+        new_model = str(checkpoints.embedding_original)
+        with running_server(checkpoints.embedding_original) as new_server:
+            db.conn.execute("SELECT mgte_reembed('docs', model => %s)", [new_model])
+            assert triggers(db) == set()
+            db.conn.execute("UPDATE docs SET body = 'changed during the re-embedding' WHERE id = 1")
+            db.conn.execute("DELETE FROM docs WHERE id = 2")
+            db.start_worker("--socket", str(new_server.socket))
+            wait_until(lambda: db.one("SELECT model FROM mgte.enabled") == new_model, "the second set takes over")
+            assert triggers(db) == set()
+            db.conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(new_server.socket)])
+            wait_until(lambda: current(db), "every row has the new model's embedding of its text")
+            assert_all_embedded(db, 9)
+
+
+def test_a_broken_slot_keeps_no_other_table_from_being_embedded(db: Database) -> None:
+    make_docs(db, 5)
+    make_docs(db, 5, table="notes", enable=False)
+    db.one("SELECT mgte_enable('notes', 'body', mode => 'logical')")
+    db.start_worker()
+    wait_until(lambda: current(db) and current(db, "notes"), "both tables are embedded")
+    db.conn.execute("DROP PUBLICATION mgte_changes")  # the slot can decode nothing after this
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (6, 'queued by the trigger')")
+    wait_until(lambda: current(db), "the table in async mode is still embedded")
+    wait_until(lambda: 'publication "mgte_changes" does not exist' in db.worker_logs(), "the worker says why")
+    assert db.worker_logs().count("logical decoding:") == 1  # once, not at every pass
+
+
+def test_a_replica_identity_the_key_does_not_cover_is_refused(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    db.conn.execute("ALTER TABLE docs REPLICA IDENTITY FULL")
+    with pytest.raises(psycopg.Error) as raised:
+        db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    assert raised.value.sqlstate == "55000"
+    assert "replica identity of public.docs to be its primary key (id), and it is FULL" in str(raised.value)
+    assert "REPLICA IDENTITY DEFAULT" in str(raised.value.diag.message_hint)
+
+    db.conn.execute("ALTER TABLE docs REPLICA IDENTITY DEFAULT")
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    # Changing it afterwards would make PostgreSQL refuse every UPDATE: the ALTER is refused.
+    for change in ("ALTER TABLE docs REPLICA IDENTITY FULL", "ALTER TABLE docs DROP CONSTRAINT docs_pkey"):
+        with pytest.raises(psycopg.Error) as raised:
+            db.conn.execute(change)
+        assert raised.value.sqlstate == "55000"
+        assert "mgte_enable('public.docs', 'body', mode => 'async')" in str(raised.value.diag.message_hint)
+    db.conn.execute("INSERT INTO docs VALUES (1, 'a')")
+    db.conn.execute("UPDATE docs SET body = 'b'")
+    db.conn.execute("DELETE FROM docs")
+
+
+def test_wal_level_below_logical_is_refused_with_what_to_do(server: ServerProcess) -> None:
+    root = shared_tempdir("mgte-replica-")
+    replica = Cluster(root)
+    replica.init()
+    with (replica.data / "postgresql.conf").open("a") as conf:
+        conf.write("wal_level = replica\n")
+    replica.start()
+    try:
+        with database(replica, server.socket) as db:
+            db.conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+            assert raised.value.sqlstate == "55000"
+            assert "needs wal_level = logical, and this server runs with wal_level = replica" in str(raised.value)
+            assert "ALTER SYSTEM SET wal_level = logical" in str(raised.value.diag.message_hint)
+            assert db.one("SELECT count(*) FROM mgte.enabled") == 0
+    finally:
+        replica.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- decoding ------------------------------------------------------------------------
+
+def _relation(relid: int, columns: list[str]) -> bytes:
+    body = b"".join(b"\x01" + c.encode() + b"\0" + struct.pack("!Ii", 23, -1) for c in columns)
+    return b"R" + struct.pack("!I", relid) + b"public\0docs\0d" + struct.pack("!h", len(columns)) + body
+
+
+def _row(*values: bytes | None) -> bytes:
+    out = struct.pack("!h", len(values))
+    for v in values:
+        out += b"n" if v is None else b"u" if v == b"<toast>" else b"t" + struct.pack("!I", len(v)) + v
+    return out
+
+
+def test_decode_reads_keys_old_and_new_and_what_it_cannot_read_goes_whole() -> None:
+    decoded = decode([
+        b"B" + bytes(20),
+        _relation(7, ["a", "b"]),
+        b"I" + struct.pack("!I", 7) + b"N" + _row(b"1", "é".encode()),
+        b"U" + struct.pack("!I", 7) + b"K" + _row(b"1", "é".encode()) + b"N" + _row(b"2", b"x"),
+        b"D" + struct.pack("!I", 7) + b"K" + _row(b"2", b"x"),
+        _relation(8, ["k"]),
+        b"U" + struct.pack("!I", 8) + b"N" + _row(b"<toast>"),  # a TOASTed key, unchanged: not sent
+        b"T" + struct.pack("!I", 1) + b"\0" + struct.pack("!I", 9),
+        b"C" + bytes(25),
+    ], "utf-8")
+    assert decoded.keys == {7: {("1", "é"): {"a": "1", "b": "é"}, ("2", "x"): {"a": "2", "b": "x"}}}
+    assert decoded.whole == {8, 9}
+    with pytest.raises(ValueError, match="unexpected pgoutput message b'Z'"):
+        decode([b"Z"], "utf-8")
