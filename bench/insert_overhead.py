@@ -12,8 +12,10 @@ into `docs (id bigint PRIMARY KEY, body text)`:
   statement, keys       a statement trigger queueing the new keys (one queue row each)
   row, keys             a row trigger queueing the key of each new row
   mgte_enable           what mgte installs (a statement trigger, async)
+  mgte_enable, logical  mode 'logical': no trigger, the slot made (mgte worker reads it)
 The bench cluster runs with fsync off, so a commit costs less here than on a real server, and
-the ratios for single-row INSERTs are upper bounds.
+the ratios for single-row INSERTs are upper bounds. It runs with wal_level = logical, for
+every design alike.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ DESIGNS = {
         "RETURN NULL; END$$",
         "CREATE TRIGGER t AFTER INSERT ON docs FOR EACH ROW EXECUTE FUNCTION bench_enqueue()"],
     "mgte_enable": ["SELECT mgte_enable('docs', 'body')"],
+    "mgte_enable, logical": ["SELECT mgte_enable('docs', 'body', mode => 'logical')", "SELECT mgte._logical_start()"],
 }
 
 
@@ -97,7 +100,7 @@ def main() -> None:
                         times.append(run(db, text, rows))
                     median = statistics.median(times)
                     plain = plain or median
-                    print(f"{label:10s} {way:6s} {name:18s} {median * 1000:8.1f} ms for {rows} rows"
+                    print(f"{label:10s} {way:6s} {name:20s} {median * 1000:8.1f} ms for {rows} rows"
                           f"   {median / plain:5.2f}x plain", flush=True)
         db.execute("DROP TABLE IF EXISTS docs CASCADE")
 
