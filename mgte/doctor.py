@@ -34,6 +34,8 @@ Status = Literal["ok", "warn", "fail", "skip"]
 
 # A queue whose oldest row has waited longer than this is lagging.
 LAG_WARN_SECONDS = 300
+# WAL a logical mode slot may keep before the doctor warns.
+SLOT_WARN_BYTES = 1 << 30
 # Longest wait for the server, and for any statement, so that the doctor never hangs.
 TIMEOUT_SECONDS = 10
 
@@ -102,6 +104,7 @@ def diagnose(dsn: str, socket_path: str) -> list[Check]:
             tables = _tables(conn, schema)
             checks += _models(tables, served or backend_info, socket_path)
             checks.append(_workers(conn, tables, socket_path))
+            checks += _slot(conn, socket_path)
             checks += [queue_check(table) for table in tables]
         except psycopg.Error as exc:
             # Most likely the DSN's role may not read what a check needs; the rest is not checked.
@@ -394,6 +397,43 @@ def _workers(conn: psycopg.Connection[Any], tables: list[Table], socket_path: st
         return Check("workers", "warn", f"no mgte worker is connected to database {conn.info.dbname}: rows "
                                         "written from now on will wait in the queues", start)
     return Check("workers", "ok", f"{connections} connections of mgte workers (each worker keeps --connections + 2)")
+
+
+def _slot(conn: psycopg.Connection[Any], socket_path: str) -> list[Check]:
+    """Logical mode's slot (sql/logical.sql): there when a table is in logical mode, and the
+    WAL it keeps on disk until a worker reads it. No check without either."""
+    logical, name, status, retained = _row(conn, """
+        SELECT EXISTS (SELECT FROM mgte.enabled WHERE mode = 'logical'), s.slot_name, s.wal_status,
+               CASE WHEN NOT pg_catalog.pg_is_in_recovery()
+                    THEN pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint END
+        FROM (SELECT 'mgte_' || oid AS name FROM pg_catalog.pg_database WHERE datname = current_database()) d
+        LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = d.name""")
+    start = (f"start mgte worker --dsn 'dbname={conn.info.dbname}' --socket {socket_path}: it makes the slot and "
+             "brings the tables in logical mode up to date")
+    if name is None:
+        return [Check("slot", "warn", "a table is in logical mode, but there is no slot yet: its writes wait "
+                                      "for a worker", start)] if logical else []
+    kept = f"keeps {_bytes(retained)} of WAL" if retained is not None else "is there"
+    if not logical:
+        return [Check("slot", "warn", f"slot {name} {kept}, and no table is in logical mode",
+                      f"SELECT pg_drop_replication_slot('{name}') (a running mgte worker drops it too)")]
+    if status == "lost":
+        return [Check("slot", "fail", f"slot {name} is lost: PostgreSQL removed WAL it still needed "
+                                      "(max_slot_wal_keep_size)", start)]
+    if retained is not None and retained > SLOT_WARN_BYTES:
+        return [Check("slot", "warn", f"slot {name} {kept}: no worker has read it lately",
+                      f"check that a worker runs and what its log says, or {start}; "
+                      "max_slot_wal_keep_size bounds what a slot may keep")]
+    return [Check("slot", "ok", f"slot {name} {kept}")]
+
+
+def _bytes(n: int) -> str:
+    size, unit = float(n), "bytes"
+    for bigger in ("kB", "MB", "GB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
 
 
 def queue_check(t: Table) -> Check:

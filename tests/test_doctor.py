@@ -83,6 +83,32 @@ def test_no_worker_fails_until_one_runs_then_all_is_ok(
         assert lines[-1] == "0 failed, 0 warned, 0 not checked: exit status 0"
 
 
+def test_the_slot_of_logical_mode_is_checked_only_where_there_is_one(
+        cluster: Cluster, server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    with database(cluster, server.socket) as db:
+        docs(db, 3)
+        _, checks = doctor(capsys, db.conninfo, server.socket)
+        assert "slot" not in [c["check"] for c in checks]  # async mode: nothing to check
+        db.conn.execute("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+        _, checks = doctor(capsys, db.conninfo, server.socket)
+        slot = one(checks, "slot")
+        assert (slot["status"], slot["message"]) == (
+            "warn", "a table is in logical mode, but there is no slot yet: its writes wait for a worker")
+        assert "start mgte worker" in slot["fix"]
+
+        name = db.one("SELECT mgte._logical_slot()::text")
+        db.conn.execute("SELECT mgte._logical_start()")  # what the worker does
+        slot = one(doctor(capsys, db.conninfo, server.socket)[1], "slot")
+        assert slot["status"] == "ok" and slot["message"].startswith(f"slot {name} keeps "), slot
+
+        db.conn.execute("SELECT mgte_disable('docs')")  # drops the slot with the last table in logical mode
+        assert "slot" not in [c["check"] for c in doctor(capsys, db.conninfo, server.socket)[1]]
+        db.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
+        slot = one(doctor(capsys, db.conninfo, server.socket)[1], "slot")
+        assert slot["status"] == "warn" and "no table is in logical mode" in slot["message"]
+        assert slot["fix"].startswith(f"SELECT pg_drop_replication_slot('{name}')")
+
+
 def test_model_mismatch(cluster: Cluster, server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
     with database(cluster, server.socket) as db:
         docs(db, 0)
