@@ -1,10 +1,10 @@
 """Auto-embedding throughput and the cost it adds to INSERT, each against a baseline of the same run.
 
     .venv/bin/python -m bench.auto_embed [--rows 20000] [--model tiny|full] [--workers 1]
-        [--connections 4] [--server-per-worker] [--json PATH]
+        [--connections 4] [--server-per-worker] [--mode async|logical] [--json PATH]
 
   1. INSERT ... SELECT of --rows rows into a plain table, and into the same table with
-     mgte_enable (async): the statement's own duration, median of --repeat runs.
+     mgte_enable (--mode, async by default): the statement's own duration, median of --repeat runs.
   2. Rows/s from the start of that INSERT to the last embedding stored by the `mgte worker`s,
      against two limits measured in the same run:
      - the Python client embedding the same texts directly (dense + sparse, in batches of
@@ -42,11 +42,12 @@ def insert_seconds(db: psycopg.Connection[Any], text: str, rows: int) -> float:
     return time.perf_counter() - started
 
 
-def reset(db: psycopg.Connection[Any], enabled: bool, indexes: bool = True) -> None:
+def reset(db: psycopg.Connection[Any], mode: str | None, indexes: bool = True) -> None:
+    """A fresh docs table, enabled in `mode` (None: plain)."""
     db.execute("DROP TABLE IF EXISTS docs")
     db.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    if enabled:
-        db.execute("SELECT mgte_enable('docs', 'body', indexes => %s)", [indexes])
+    if mode is not None:
+        db.execute("SELECT mgte_enable('docs', 'body', indexes => %s, mode => %s)", [indexes, mode])
 
 
 def direct_seconds(servers: list[ServerProcess], texts: list[str], batch_size: int) -> float:
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4, help="each worker's --connections")
     parser.add_argument("--server-per-worker", action="store_true",
                         help="each worker embeds with a server of its own, not all with one")
+    parser.add_argument("--mode", choices=["async", "logical"], default="async", help="mgte_enable's mode")
     parser.add_argument("--json", help="also write every number to this file")
     args = parser.parse_args()
     model = str(full_size_checkpoint()) if args.model == "full" else args.model
@@ -115,17 +117,17 @@ def main() -> None:
         db = bench.db
         plain, enabled = [], []
         for _ in range(args.repeat):
-            reset(db, enabled=False)
+            reset(db, None)
             plain.append(insert_seconds(db, text, args.rows))
-            reset(db, enabled=True)
+            reset(db, args.mode)
             enabled.append(insert_seconds(db, text, args.rows))
-        reset(db, enabled=False)
+        reset(db, None)
 
         texts = [row[0] for row in db.execute(
             f"SELECT {text} FROM generate_series(1, %s) g ORDER BY g", [args.rows]).fetchall()]
         direct = direct_seconds(servers, texts, args.batch_size)
 
-        reset(db, enabled=True, indexes=not args.no_indexes)
+        reset(db, args.mode, indexes=not args.no_indexes)
         workers = [subprocess.Popen(
             [sys.executable, "-m", "mgte", "worker", "--dsn", bench.conninfo,
              "--socket", str(servers[i % len(servers)].socket), "--batch-size", str(args.batch_size),
@@ -134,9 +136,10 @@ def main() -> None:
             time.sleep(2)  # workers connected and listening
             started = time.perf_counter()
             insert_seconds(db, text, args.rows)
+            # Every row stored (in logical mode the queue is empty until the worker reads the slot).
             while True:
-                row = db.execute("SELECT pending + in_progress FROM mgte_status('docs')").fetchone()
-                if row is not None and row[0] == 0:
+                row = db.execute("SELECT count(*) FROM mgte.docs_embeddings").fetchone()
+                if row is not None and row[0] == args.rows:
                     break
                 time.sleep(0.05)
             auto = time.perf_counter() - started
@@ -159,7 +162,7 @@ def main() -> None:
           f"{len(servers)} server(s), {args.connections} connection(s) each, batch {args.batch_size}, "
           f"{'no HNSW indexes' if args.no_indexes else 'HNSW indexes'}")
     print(f"  INSERT...SELECT, plain table            {p * 1000:8.1f} ms (median of {args.repeat})")
-    print(f"  INSERT...SELECT, mgte_enable (async)    {e * 1000:8.1f} ms   {e / p:5.2f}x plain")
+    print(f"  INSERT...SELECT, mgte_enable ({args.mode:7s}) {e * 1000:8.1f} ms   {e / p:5.2f}x plain")
     print(f"  client embedding the texts directly     {rate['direct']:8.0f} rows/s   ({len(servers)} client(s))")
     print(f"  store limit, one INSERT                 {rate['store_one_insert']:8.0f} rows/s")
     print(f"  store limit, {store_sessions:2d} INSERTs at once        {rate['store_concurrent_inserts']:8.0f} rows/s")
@@ -167,7 +170,8 @@ def main() -> None:
           f"{rate['auto'] / rate['direct']:5.2f}x direct, {rate['auto'] / bound_one:5.2f}x min(direct, one INSERT), "
           f"{rate['auto'] / bound_many:5.2f}x min(direct, {store_sessions} INSERTs)   ({stored} stored)")
     if args.json:
-        result = {"model": args.model, "rows": args.rows, "workers": args.workers, "servers": len(servers),
+        result = {"model": args.model, "mode": args.mode, "rows": args.rows, "workers": args.workers,
+                  "servers": len(servers),
                   "connections": args.connections, "batch_size": args.batch_size, "indexes": not args.no_indexes,
                   "insert_plain_ms": p * 1000, "insert_enabled_ms": e * 1000, "stored": stored,
                   "store_sessions": store_sessions, "rows_per_second": rate,

@@ -26,6 +26,9 @@ log = logging.getLogger("mgte.worker")
 PEEK_CHANGES = 10_000
 # Keys per call of a table's _changed function, each its own transaction.
 APPLY_KEYS = 5_000
+# How long a pass waits to make the slot: PostgreSQL makes it once every transaction running
+# at that moment (in any database) has ended, and the other tables wait meanwhile.
+START_TIMEOUT = "2s"
 
 Key = dict[str, str]
 
@@ -45,6 +48,10 @@ class Decoded:
 
 class _Unchanged:
     """A TOASTed value the UPDATE left as it was: pgoutput does not send it."""
+
+
+class SlotWait(Exception):
+    """The slot cannot be made yet."""
 
 
 def decode(messages: Iterable[bytes], encoding: str) -> Decoded:
@@ -120,9 +127,14 @@ def capture(conn: psycopg.Connection[Any], tables: list[Table]) -> bool:
     every enabled table); true if there are any. Makes the slot when it is missing, and then
     applies those tables whole, for what was written before it existed."""
     try:
-        row = conn.execute("SELECT mgte._logical_start()").fetchone()
+        with conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = '{START_TIMEOUT}'")
+            row = conn.execute("SELECT mgte._logical_start()").fetchone()
     except psycopg.errors.ObjectInUse:
         return True  # another worker is reading the slot
+    except psycopg.errors.QueryCanceled:
+        raise SlotWait("making the slot waits for the transactions running now to end (see pg_stat_activity)") \
+            from None
     logical = [t for t in tables if t.logical]
     if not logical:
         return False

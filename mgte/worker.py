@@ -246,12 +246,12 @@ class Worker:
             self._capture_error = None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise not_a_worker("logical decoding", exc) from None
-        except psycopg.Error as exc:
-            if conn.broken:
+        except (psycopg.Error, logical.SlotWait) as exc:
+            if isinstance(exc, psycopg.Error) and conn.broken:
                 raise
             error = str(exc).strip()
             if error != self._capture_error:
-                log.error("logical decoding: %s; the tables in logical mode wait, the others go on", error)
+                log.warning("logical decoding: %s; the tables in logical mode wait, the others go on", error)
             self._capture_error = error
 
     def _served_model(self, client: Client) -> dict[str, Any] | None:

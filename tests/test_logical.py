@@ -174,6 +174,25 @@ def test_a_broken_slot_keeps_no_other_table_from_being_embedded(db: Database) ->
     assert db.worker_logs().count("logical decoding:") == 1  # once, not at every pass
 
 
+def test_a_long_transaction_delays_the_slot_but_no_other_table(db: Database) -> None:
+    make_docs(db, 3)
+    make_docs(db, 3, table="notes", enable=False)
+    with psycopg.connect(db.conninfo, autocommit=True) as other:
+        other.execute("BEGIN")
+        other.execute("SELECT txid_current()")  # a transaction with an id: the slot waits for its end
+        db.one("SELECT mgte_enable('notes', 'body', mode => 'logical')")
+        db.start_worker()
+        wait_until(lambda: "making the slot waits for the transactions running now to end" in db.worker_logs(),
+                   "the worker says what it waits for")
+        db.conn.execute("INSERT INTO notes (id, body) VALUES (4, 'written before the slot exists')")
+        db.conn.execute("INSERT INTO docs (id, body) VALUES (4, 'queued by the trigger')")
+        wait_until(lambda: current(db), "the table in async mode is embedded meanwhile")
+        # Nothing reads the table in logical mode's writes until the slot is made.
+        assert db.one("SELECT count(*) FROM mgte.notes_embeddings WHERE id = 4") == 0
+        other.execute("COMMIT")
+    wait_until(lambda: current(db, "notes"), "the slot is made and the table in logical mode embedded")
+
+
 def test_a_replica_identity_the_key_does_not_cover_is_refused(db: Database) -> None:
     db.conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     db.conn.execute("ALTER TABLE docs REPLICA IDENTITY FULL")
