@@ -9,7 +9,9 @@ settle's time goes mostly to the HNSW indexes' inserts, and pgvector runs those 
 sessions in parallel. Claims run on one more connection, never behind a settle. The SQL,
 and why a stale text is never stored, lives in sql/auto_embed.sql (settles of different
 batches hold different leases, so they are the concurrent settles of different workers
-there); this module only decides what to do when.
+there); this module only decides what to do when. Tables in logical mode have no trigger:
+each pass first reads the database's logical decoding slot and queues what changed
+(mgte.logical, sql/logical.sql).
 
 Failures:
 - the server is down, overloaded, too slow or stopping: the rows are given back and the
