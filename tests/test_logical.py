@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,6 +160,47 @@ def test_reembed_in_logical_mode_keeps_both_sets_current(
             db.conn.execute("SELECT set_config('mgte.socket_path', %s, false)", [str(new_server.socket)])
             wait_until(lambda: current(db), "every row has the new model's embedding of its text")
             assert_all_embedded(db, 9)
+
+
+def test_a_partitioned_table_is_read_as_one(db: Database) -> None:
+    db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    db.conn.execute("CREATE TABLE docs_low PARTITION OF docs FOR VALUES FROM (MINVALUE) TO (100)")
+    db.conn.execute("CREATE TABLE docs_high PARTITION OF docs FOR VALUES FROM (100) TO (MAXVALUE)")
+    db.conn.execute("INSERT INTO docs (id, body) SELECT g, 'document ' || g FROM generate_series(95, 104) g")
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    db.start_worker()
+    wait_until(lambda: current(db), "the rows of both partitions are embedded")
+    db.conn.execute("UPDATE docs SET id = 150, body = 'moved to the other partition' WHERE id = 96")
+    db.conn.execute("UPDATE docs_high SET body = 'written to the partition itself' WHERE id = 101")
+    db.conn.execute("DELETE FROM docs_low WHERE id = 97")
+    db.conn.execute("INSERT INTO docs (id, body) VALUES (300, 'new')")
+    wait_until(lambda: current(db), "writes through the table and its partitions are embedded")
+    assert db.one("SELECT count(*) FROM mgte.docs_embeddings WHERE id IN (96, 97)") == 0
+    assert_all_embedded(db, 10)
+
+
+def test_dump_and_restore_keep_logical_mode_working(cluster: Cluster, db: Database) -> None:
+    make_docs(db, 10, enable=False)
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    worker = db.start_worker()
+    wait_until(lambda: current(db), "embedded")
+    stop(worker)
+    db.conn.execute("UPDATE docs SET body = 'changed before the dump' WHERE id = 1")  # still in the slot
+    dump = db.socket.parent / f"{db.name}.dump"
+    subprocess.run([str(cluster.bindir / "pg_dump"), "--format", "custom", "--file", str(dump),
+                    "--dbname", db.conninfo], check=True)
+    with database(cluster, db.socket) as restored:
+        restored.conn.execute("DROP EXTENSION mgte CASCADE")  # pg_restore recreates it
+        subprocess.run([str(cluster.bindir / "pg_restore"), "--dbname", restored.conninfo, str(dump)], check=True)
+        assert triggers(restored) == set() and slots(restored) == []
+        assert restored.conn.execute("SELECT pubname, attnames FROM pg_publication_tables").fetchall() == [
+            ("mgte_changes", ["id"])]
+        restored.conn.execute("UPDATE docs SET body = 'changed after the restore' WHERE id = 2")
+        restored.start_worker()  # makes the restored database's slot and brings docs up to date
+        wait_until(lambda: current(restored), "the restored table is brought up to date")
+        assert_all_embedded(restored, 10)
+        restored.conn.execute("UPDATE docs SET body = 'read from the new slot' WHERE id = 3")
+        wait_until(lambda: current(restored), "a write after that is read from the new slot")
 
 
 def test_a_broken_slot_keeps_no_other_table_from_being_embedded(db: Database) -> None:
