@@ -1,6 +1,6 @@
 """Tokens/s of the full-size model on this machine: mgte against plain transformers, same run.
 
-    .venv/bin/python -m bench.cpu_throughput [--passages 64] [--device cpu] [--dtype auto]
+    .venv/bin/python -m bench.cpu_throughput [--passages 64] [--device cpu] [--dtype auto] [--compile]
 
 Five ways to embed the same passages:
   arrival    transformers, padded batches of 32 in arrival order (what a naive loop does)
@@ -8,6 +8,9 @@ Five ways to embed the same passages:
   padded     mgte's batcher in-process: length-sorted, token-budget batches, run padded by transformers
   runtime    the same batches run unpadded (mgte.packed), as the server does
   server     `mgte serve` end to end through the client (tokenising, protocol, batching)
+With --compile, also the unpadded forward with and without `--compile on` (mgte.packed's compiled
+steps), on the same batches, alternating for --rounds rounds (medians): on a shared machine,
+speed drifts more from minute to minute than the two differ, so one run of each would not tell.
 Prints tokens/s, each one's ratio to the baseline, and its ratio to the matmul limit: the tokens/s
 this machine's matmul speed in the dtype that runs (measured in the same run) allows for these
 passages.
@@ -16,6 +19,7 @@ passages.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -66,6 +70,28 @@ def runtime(path: Path, texts: list[str], device: torch.device, dtype: torch.dty
     return elapsed
 
 
+def compiled_against_eager(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, budget: int,
+                           rounds: int) -> tuple[float, float]:
+    """Median seconds of the unpadded forward over length-sorted batches of `budget` tokens,
+    compiled and eager, alternating."""
+    embedder = Embedder(load_checkpoint(str(path), "embedding"), device, dtype, compile=True)
+    print(f"--compile on: {embedder.compile_reason}")
+    batches: list[list[list[int]]] = [[]]
+    for ids in sorted((t.ids for t in embedder.tokenize(texts)), key=len):
+        if batches[-1] and sum(map(len, batches[-1])) + len(ids) > budget:
+            batches.append([])
+        batches[-1].append(ids)
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for compiled in (True, False):
+            embedder.compiled = compiled and embedder.compile_reason.startswith("on")
+            started = time.perf_counter()
+            for batch in batches:
+                embedder.forward(batch)
+            seconds[compiled].append(time.perf_counter() - started)
+    return statistics.median(seconds[True]), statistics.median(seconds[False])
+
+
 def server(path: Path, texts: list[str], device: str, dtype: torch.dtype) -> float:
     directory = Path(tempfile.mkdtemp(prefix="mgte-bench-"))
     process = ServerProcess.start(str(path), directory / "mgte.sock", directory / "server.log", "--device", device,
@@ -88,6 +114,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--dtype", default="auto", help="as mgte serve's --dtype; every way runs what it settles on")
+    parser.add_argument("--compile", action="store_true", help="also compare the forward compiled and eager")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of that comparison")
     args = parser.parse_args()
     device = resolve_device(args.device)
     path = full_size_checkpoint()
@@ -112,6 +140,10 @@ def main() -> None:
                f"mgte runtime, unpadded ({args.max_batch_tokens}-token budget)":
                    runtime(path, texts, device, dtype, args.max_batch_tokens),
                "mgte server end to end": server(path, texts, args.device, dtype)}
+    if args.compile:
+        compiled, eager = compiled_against_eager(path, texts, device, dtype, args.max_batch_tokens, args.rounds)
+        results[f"unpadded forward, --compile on (median of {args.rounds}, alternating)"] = compiled
+        results[f"unpadded forward, eager (median of {args.rounds}, alternating)"] = eager
     for label, seconds in results.items():
         print(f"{label:58s} {total / seconds:9.0f} tokens/s   {base / seconds:5.2f}x baseline   "
               f"{total / seconds / limit:5.2f}x the limit")

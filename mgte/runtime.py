@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
 # bf16 against float32 on the full-size model: min cos 0.99990 over the probe tokens (0.9997 on the
 # tiny test models); a result below this means the model or the kernels misbehave in bf16.
 BF16_MIN_COS = 0.999
+# Compiled against eager layers, float32: they differ by summation order only (~3e-6 measured).
+COMPILE_MIN_COS = 0.99999
 # Short, multilingual, several scripts: the parity check costs a few seconds at start-up on 2 CPU cores.
 PROBE_TEXTS = ("Where is the train station?", "¿Dónde está la estación de tren?", "北京的火车站在哪里",
                "مرحبا بالعالم، أين محطة القطار؟", "Der Gletscher schmilzt, und der Meeresspiegel steigt.",
@@ -119,7 +122,8 @@ class Model:
 
     unpadded = False  # whether forward runs the GTE encoder unpadded (mgte.packed)
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype,
+                 compile: bool = False) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.dtype, self.dtype_reason = _initial_dtype(dtype, device)
@@ -151,6 +155,40 @@ class Model:
         self.graphs: cuda_graphs.ShortBatches | None = None
         self.graphs_reason = "off: this model runs padded batches"
         log.info("%s runs in %s (%s)", checkpoint.source, str(self.dtype).removeprefix("torch."), self.dtype_reason)
+        self.compiled, self.compile_reason = False, "off: not asked for (mgte serve --compile on)"
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """Turns packed's compiled steps on, compiling them now, on probe texts, so that no request
+        waits for it; off, and why, where that fails or the result strays from the eager layers'."""
+        if not self.unpadded:
+            self.compile_reason = "off: this model runs transformers' padded modules"
+            return
+        if self.device.type != "cpu":
+            self.compile_reason = f"off: --compile is for CPUs; this model runs on {self.device.type}"
+            return
+        probe = packed.pack([ids[:self.max_length] for ids in self.tokenizer(list(PROBE_TEXTS))["input_ids"]])
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                compiled = packed.encode(self.module.gte, probe, packed.SDPA, compiled=True).float()
+                eager = packed.encode(self.module.gte, probe, packed.SDPA).float()
+        except Exception as exc:  # inductor fails in many ways: no C++ compiler, a backend error
+            first_line = next(iter(str(exc).strip().splitlines()), "")
+            self.compile_reason = f"off: compiling failed ({type(exc).__name__}: {first_line})"
+            log.warning("%s: --compile %s; running eagerly", self.checkpoint.source, self.compile_reason)
+            return
+        cos = float(F.cosine_similarity(compiled, eager, dim=-1).min())
+        least = COMPILE_MIN_COS if self.dtype == torch.float32 else BF16_MIN_COS
+        if cos < least:
+            self.compile_reason = f"off: compiled parity min cos {cos:.6f} against the eager layers, below {least}"
+            log.warning("%s: --compile %s; running eagerly", self.checkpoint.source, self.compile_reason)
+            return
+        self.compiled = True
+        self.compile_reason = (f"on: torch.compile (inductor), compiled in {time.perf_counter() - started:.0f} s; "
+                               f"parity min cos {cos:.6f} against the eager layers")
+        log.info("%s: %s", self.checkpoint.source, self.compile_reason)
 
     def _choose_cpu_dtype(self, auto: AutoDtype) -> None:
         """Keeps the float32 module just loaded, or a bf16 copy of it where the CPU and the parity check allow."""
@@ -196,6 +234,7 @@ class Model:
             "kernels": {"attention": _attention(self) if self.unpadded else
                         f"{self.module.config._attn_implementation} (padded batches)",
                         "cuda_graphs": self.graphs_reason,
+                        "compile": self.compile_reason,
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                         "threads": torch.get_num_threads()},
         }
@@ -259,8 +298,9 @@ class Embedder(TextEncoder):
     has_sparse = True
     unpadded = True
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
-        super().__init__(checkpoint, device, dtype)
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype,
+                 compile: bool = False) -> None:
+        super().__init__(checkpoint, device, dtype, compile)
         tok = self.tokenizer
         self._drop_ids = torch.tensor(sorted({i for i in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id,
                                                          tok.unk_token_id) if i is not None}), device=device)
@@ -272,7 +312,7 @@ class Embedder(TextEncoder):
         replayed = self._replay(batch)
         if replayed is None:
             # The backbone and the classifier separately, unpadded: every token's state is needed.
-            hidden = packed.encode(self.module.gte, inputs, _attention(self))
+            hidden = packed.encode(self.module.gte, inputs, _attention(self), self.compiled)
             first = hidden[inputs.starts]
             token_weights = torch.relu(_linear32(self.module.classifier, hidden)[:, 0])
         else:
@@ -295,8 +335,9 @@ class SentenceEncoder(TextEncoder):
     the pooling, then its Dense and Normalize modules. A final Normalize is left to the server, which
     slices the vector to the requested `dim` first."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
-        super().__init__(checkpoint, device, dtype)
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype,
+                 compile: bool = False) -> None:
+        super().__init__(checkpoint, device, dtype, compile)
         assert checkpoint.sentence is not None
         self.sentence = sentence = checkpoint.sentence
         # As sentence-transformers: max_seq_length, else the tokenizer's limit within the position table.
@@ -381,10 +422,11 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: PoolingMode, skip: int
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
-def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> TextEncoder:
+def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype,
+                 compile: bool = False) -> TextEncoder:
     if checkpoint.format == "sentence-transformers":
-        return SentenceEncoder(checkpoint, device, dtype)
-    return Embedder(checkpoint, device, dtype)
+        return SentenceEncoder(checkpoint, device, dtype, compile)
+    return Embedder(checkpoint, device, dtype, compile)
 
 
 class Reranker(Model):
@@ -392,8 +434,9 @@ class Reranker(Model):
 
     unpadded = True
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype) -> None:
-        super().__init__(checkpoint, device, dtype)
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype | AutoDtype,
+                 compile: bool = False) -> None:
+        super().__init__(checkpoint, device, dtype, compile)
         self._capture_graphs(self._short_step)
 
     def tokenize(self, query: str, documents: Sequence[str]) -> list[Tokens]:
@@ -408,7 +451,7 @@ class Reranker(Model):
         replayed = self._replay(batch)
         if replayed is None:
             inputs = packed.pack(batch).to(self.device)
-            hidden = packed.encode(self.module.gte, inputs, _attention(self))
+            hidden = packed.encode(self.module.gte, inputs, _attention(self), self.compiled)
             logits = self._head(hidden[inputs.starts])
         else:
             (logits,) = replayed

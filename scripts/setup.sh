@@ -87,8 +87,9 @@ if [ "$part" != --server ]; then
     fi
     say "PostgreSQL $pg_major"
 
+    # g++: torch.compile's CPU code generator, for `mgte serve --compile on`.
     packages=(postgresql-"$pg_major" postgresql-server-dev-"$pg_major" postgresql-plpython3-"$pg_major"
-              make gcc ca-certificates)
+              make gcc g++ ca-certificates)
     python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-venv)
     apt_install "${packages[@]}"
 

@@ -128,6 +128,19 @@ def test_padded_output_does_not_depend_on_the_rest_of_the_batch(embedder: Embedd
         assert_sparse_close(padded.sparse[i], alone.sparse[0], NEIGHBOUR_ATOL)
 
 
+def test_compiled_layers_match_the_eager_ones(checkpoints: Checkpoints, embedder: Embedder,
+                                             batch: list[list[int]]) -> None:
+    compiled = Embedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"), CPU, torch.float32,
+                        compile=True)
+    reason = compiled.describe()["kernels"]["compile"]
+    assert compiled.compiled and reason.startswith("on: torch.compile (inductor), compiled in "), reason
+    # Sequences of other lengths than the probe's: one compilation serves every number of tokens.
+    for out, eager in zip(compiled.forward(batch), embedder.forward(batch), strict=True):
+        torch.testing.assert_close(out.state, eager.state, rtol=0, atol=NEIGHBOUR_ATOL)
+        assert_sparse_close(out.sparse, eager.sparse, NEIGHBOUR_ATOL)
+    assert embedder.compile_reason == "off: not asked for (mgte serve --compile on)"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: varlen attention is CUDA-only")
 def test_varlen_attention_on_gpu_matches_the_padded_forward(checkpoints: Checkpoints) -> None:
     gpu = Embedder(load_checkpoint(str(checkpoints.embedding_native), "embedding"), torch.device("cuda"),

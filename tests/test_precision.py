@@ -38,6 +38,7 @@ def parity_cos(reason: str) -> float:
 def kernels() -> dict[str, Any]:
     # On a CPU the GTE models run unpadded with SDPA per sequence (mgte.packed), without CUDA graphs.
     return {"attention": "sdpa per sequence", "cuda_graphs": "off: CUDA graphs need a GPU, this model runs on cpu",
+            "compile": "off: not asked for (mgte serve --compile on)",
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
