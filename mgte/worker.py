@@ -221,12 +221,13 @@ class Worker:
         """Queues what the slot holds for tables in logical mode (all of them, whatever `only`
         is: the slot moves on for all at once), then drains each enabled table the served
         model may store into; returns the rows claimed."""
-        self._capture(conn)
+        tables = enabled_tables(conn)
+        self._capture(conn, tables)
         model = self._served_model(client)
         if model is None:
             return 0
         worked = 0
-        for table in enabled_tables(conn, only):
+        for table in (t for t in tables if only is None or t.oid == only):
             try:
                 if self._serves(model, table):
                     worked += self._drain(conn, settler, client, table, progress)
@@ -240,11 +241,11 @@ class Worker:
                 self._back_off(table.name, str(exc))
         return worked
 
-    def _capture(self, conn: psycopg.Connection[Any]) -> None:
+    def _capture(self, conn: psycopg.Connection[Any], tables: list[Table]) -> None:
         """Queues what the slot holds (mgte.logical). A failure there (say, wal_level was
         lowered) is logged when it first shows, and keeps no other table from being drained."""
         try:
-            self._logical = logical.capture(conn, enabled_tables(conn))
+            self._logical = logical.capture(conn, tables)
             self._capture_error = None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise not_a_worker("logical decoding", exc) from None
