@@ -162,7 +162,9 @@ class Worker:
         self._failures = 0  # consecutive transient failures, for the back-off
         self._mismatch_reported: set[tuple[str, str]] = set()
         self._standby_reported = False
-        self._logical = False  # a table is in logical mode
+        # A table is in logical mode, as of the last pass; true at first, so that the first pass
+        # drops a slot left with no table to read it for.
+        self._logical = True
         self._capture_error: str | None = None  # the last failure to read the slot, logged once
 
     def run(self, only: int | None = None, until_done: bool = False,
@@ -244,6 +246,8 @@ class Worker:
     def _capture(self, conn: psycopg.Connection[Any], tables: list[Table]) -> None:
         """Queues what the slot holds (mgte.logical). A failure there (say, wal_level was
         lowered) is logged when it first shows, and keeps no other table from being drained."""
+        if not self._logical and not any(t.logical for t in tables):
+            return  # no slot to make, read or drop: the pass that found none left dropped it
         try:
             self._logical = logical.capture(conn, tables)
             self._capture_error = None

@@ -98,9 +98,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     slot name := mgte._logical_slot();
-    wanted boolean := EXISTS (SELECT FROM mgte.enabled WHERE mode = 'logical');
+    wanted boolean;
     present boolean;
 BEGIN
+    -- Waits for a DROP EXTENSION under way (mgte._on_drop_extension), which then fails this
+    -- call: a slot made meanwhile would outlive mgte.
+    LOCK TABLE mgte.enabled IN ROW SHARE MODE;
+    wanted := EXISTS (SELECT FROM mgte.enabled WHERE mode = 'logical');
     IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = slot AND wal_status = 'lost') THEN
         PERFORM pg_catalog.pg_drop_replication_slot(slot);
     END IF;
@@ -138,6 +142,52 @@ AS $$
         greatest(upto, (SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots
                         WHERE slot_name = mgte._logical_slot())))
 $$;
+
+-- DROP EXTENSION mgte takes along what logical mode made outside the extension: the
+-- publication, and the slot, which no worker would read again and which would keep WAL until
+-- the disk fills. No event trigger of mgte fires once mgte is dropped, and one that fires
+-- before cannot see what the command drops, so this one acts before every DROP EXTENSION or
+-- DROP SCHEMA whose statement names mgte, run by a role that may drop the extension. Acting
+-- on a DROP that then fails costs little: the publication comes back with the rollback, and
+-- the worker makes a new slot and compares each table in logical mode whole.
+-- Not SECURITY DEFINER: it acts with the rights of the one dropping the extension.
+CREATE OR REPLACE FUNCTION mgte._on_drop_extension()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slot name;
+    give_up timestamptz := clock_timestamp() + interval '10 seconds';
+BEGIN
+    -- Every DROP SCHEMA runs this, by any role: nothing of mgte is touched before the test.
+    IF current_query() !~* '\mmgte\M'
+       OR NOT pg_catalog.pg_has_role((SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'mgte'), 'USAGE') THEN
+        RETURN;
+    END IF;
+    -- A worker making the slot holds this lock (mgte._logical_start), and one that asks for
+    -- it from now on fails once mgte is gone.
+    LOCK TABLE mgte.enabled IN EXCLUSIVE MODE;
+    slot := mgte._logical_slot();
+    DROP PUBLICATION IF EXISTS mgte_changes;
+    WHILE EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = slot) LOOP
+        BEGIN
+            PERFORM pg_catalog.pg_drop_replication_slot(slot);
+        EXCEPTION WHEN object_in_use THEN  -- a worker is reading it; it lets go within a pass
+            IF clock_timestamp() > give_up THEN
+                RAISE WARNING 'mgte: the logical decoding slot % is still being read, so it stays', slot
+                    USING HINT = format('stop mgte worker, then drop it: SELECT pg_drop_replication_slot(%L)', slot);
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END;
+    END LOOP;
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS mgte_drop_extension;
+CREATE EVENT TRIGGER mgte_drop_extension ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    EXECUTE FUNCTION mgte._on_drop_extension();
 
 REVOKE ALL ON FUNCTION mgte._logical_start(), mgte._logical_peek(pg_lsn, integer), mgte._logical_advance(pg_lsn),
     mgte._publish(mgte.enabled, boolean) FROM PUBLIC;

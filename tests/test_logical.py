@@ -203,6 +203,19 @@ def test_dump_and_restore_keep_logical_mode_working(cluster: Cluster, db: Databa
         wait_until(lambda: current(restored), "a write after that is read from the new slot")
 
 
+def test_drop_extension_takes_the_slot_and_the_publication_along(db: Database) -> None:
+    make_docs(db, 5, enable=False)
+    db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+    worker = db.start_worker()
+    wait_until(lambda: current(db), "embedded")
+    assert len(slots(db)) == 1
+    db.conn.execute("DROP EXTENSION mgte CASCADE")  # the worker goes on reading the slot meanwhile
+    assert slots(db) == []
+    assert db.conn.execute("SELECT pubname FROM pg_publication").fetchall() == []
+    stop(worker)  # after more passes, none of which may have made the slot again
+    assert slots(db) == []
+
+
 def test_a_broken_slot_keeps_no_other_table_from_being_embedded(db: Database) -> None:
     make_docs(db, 5)
     make_docs(db, 5, table="notes", enable=False)

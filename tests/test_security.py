@@ -97,6 +97,10 @@ def test_in_logical_mode_the_worker_role_reads_keys_only_and_eve_not_even_those(
         denied(eve, "SELECT mgte._logical_advance(pg_current_wal_flush_lsn())")
         denied(eve, "SELECT mgte.docs_changed(NULL)")
         denied(eve, "SELECT mgte_enable('alice.docs', 'body', mode => 'async')")
+        # A DROP that names mgte takes the slot along only when its role may drop the extension.
+        eve.execute("DROP SCHEMA IF EXISTS eve_scratch -- as if it were mgte")
+        denied(eve, "DROP EXTENSION mgte")
+    assert db.one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = mgte._logical_slot()") == 1
 
 
 def test_a_worker_without_the_role_is_told_what_to_grant(db: Database) -> None:
