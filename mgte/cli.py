@@ -254,6 +254,9 @@ def _serve(args: argparse.Namespace) -> int:
     # full-size query, 1,965 rows/s auto-embedding (tiny model); 3000 spins 66.9 ms, 2,966
     # rows/s; no spin (OMP_WAIT_POLICY=PASSIVE) 79.1 ms, 3,187 rows/s. Set before torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+    from mgte.allocator import keep_freed_memory
+
+    allocator = keep_freed_memory()  # before another thread allocates: glibc counts arenas then
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mgte %(levelname)s %(message)s")
     exporter = _metrics(args)
     import torch
@@ -287,7 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
     reranker = (Reranker(load_checkpoint(args.reranker, "reranker"), device, dtype, args.compile)
                 if args.reranker else None)
     settings = Settings(socket_path=args.socket, socket_mode=args.socket_mode,
-                        socket_group=args.socket_group, limits=limits)
+                        socket_group=args.socket_group, limits=limits, allocator=allocator)
     server = Server(settings, embedder, reranker)
     if exporter is not None:
         from mgte.metrics import ServerRequests, ServerState

@@ -82,6 +82,7 @@ class Settings:
     socket_mode: int
     socket_group: str | None
     limits: Limits
+    allocator: str = "the C library's default"  # how host memory is allocated (mgte.allocator)
 
 
 class Server:
@@ -391,6 +392,7 @@ class Server:
             "queued_texts": self.batcher.queued(),
             "batching": counters,
             "device_memory": self._device_memory(),
+            "host_allocator": self.settings.allocator,
         }
 
     def _device_memory(self) -> dict[str, int] | None:

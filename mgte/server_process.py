@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from mgte.errors import UserError
@@ -22,9 +24,10 @@ class ServerProcess:
 
     @classmethod
     def start(cls, model: str, socket: Path, log: Path, *flags: str, reranker: str | None = None,
-              ready_timeout: float = 600) -> ServerProcess:
+              ready_timeout: float = 600, env: Mapping[str, str] | None = None) -> ServerProcess:
         """Starts the server and returns once it is healthy. Under root the socket's group is
-        postgres, so that PostgreSQL backends (which never run as root) can connect."""
+        postgres, so that PostgreSQL backends (which never run as root) can connect. `env` adds to
+        this process's environment."""
         command = [sys.executable, "-m", "mgte", "serve", "--model", model, "--socket", str(socket), *flags]
         if reranker:
             command += ["--reranker", reranker]
@@ -32,7 +35,7 @@ class ServerProcess:
         if owner is not None:
             command += ["--socket-group", owner.pw_name]
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         server = cls(socket, log, process)
         try:
             server._wait_healthy(ready_timeout)
