@@ -117,13 +117,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def servers(path: Path, texts: list[str], device: torch.device, dtype: torch.dtype, ways: dict[str, Way],
-            rounds: int, flops_needed: float) -> dict[str, tuple[float, float]]:
-    """For each way of running the server: the median seconds for the client to embed `texts`, and
-    the median of its tokens/s over the limit measured in the same round (`flops_needed` at the
-    matmul speed measured just before). All are started at once and asked in turn, one at a
-    time, so each has the machine; the limit is measured each round because the speed of a
-    shared machine drifts between minutes."""
-    tokens = sum(len(t) for t in transformers.AutoTokenizer.from_pretrained(path)(texts)["input_ids"])
+            rounds: int, tokens: int, flops_needed: float) -> dict[str, tuple[float, float]]:
+    """For each way of running the server: the median seconds for the client to embed `texts`
+    (`tokens` in all), and the median of its tokens/s over the limit measured in the same round
+    (`flops_needed` at the matmul speed measured just before). All are started at once and asked
+    in turn, one at a time, so each has the machine; the limit is measured each round because the
+    speed of a shared machine drifts between minutes."""
     with ExitStack() as stack:
         clients, pids = {}, {}
         for label, (flags, env) in ways.items():
@@ -189,7 +188,7 @@ def main() -> None:
                    runtime(path, texts, device, dtype, args.max_batch_tokens)}
     ratios = {label: total / seconds / limit for label, seconds in results.items()}
     served = servers(path, texts, device, dtype, {**SERVERS, **(COMPILED_SERVER if args.compile else {})},
-                     args.rounds, model_flops(lengths))
+                     args.rounds, total, model_flops(lengths))
     for label, (seconds, ratio) in served.items():
         results[f"{label} (median of {args.rounds}, in turn)"] = seconds
         ratios[f"{label} (median of {args.rounds}, in turn)"] = ratio
@@ -203,6 +202,7 @@ def main() -> None:
         print(f"{label:64s} {total / seconds:9.0f} tokens/s   {base / seconds:5.2f}x baseline   "
               f"{ratios[label]:5.2f}x the limit")
     print("the server rows' limit is that of each round (see above); the others', the one measured first")
+
 
 if __name__ == "__main__":
     main()

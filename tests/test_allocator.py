@@ -35,9 +35,10 @@ def faults(how: str) -> int:
 
 
 def test_a_freed_activation_is_reused_without_page_faults() -> None:
-    pages = 3 * 48 * 2**20 // 4096
-    assert faults("default") > pages // 2  # glibc maps such a block afresh each time, page by page
-    assert faults("keep") < pages // 20
+    # glibc maps such a block afresh each time: a fault per page (per 2 MiB where transparent
+    # huge pages are always on), which keeping freed blocks saves.
+    default, kept = faults("default"), faults("keep")
+    assert default >= 3 * 24 and kept * 10 < default, (default, kept)
 
 
 def test_the_server_says_how_it_allocates(server: ServerProcess, checkpoints: Checkpoints,
