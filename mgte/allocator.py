@@ -12,7 +12,6 @@ peak of that process rose from 1,694 MiB to 1,721-1,888 MiB.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # mallopt parameters (malloc.h)
@@ -38,9 +37,8 @@ def keep_freed_memory() -> str:
         tuned.append("GLIBC_TUNABLES")
     if tuned:
         return f"as the environment tunes it ({', '.join(sorted(tuned))})"
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "gnu_get_libc_version"):
+    libc = ctypes.CDLL(None)  # the C library this process runs on, already loaded
+    if not hasattr(libc, "gnu_get_libc_version"):
         return "the C library's default (not glibc)"
     libc.gnu_get_libc_version.restype = ctypes.c_char_p
     version = libc.gnu_get_libc_version().decode()
