@@ -225,6 +225,7 @@ class Worker:
         model may store into; returns the rows claimed."""
         tables = enabled_tables(conn)
         self._capture(conn, tables)
+        self._compare_requested(conn, tables)
         model = self._served_model(client)
         if model is None:
             return 0
@@ -260,6 +261,29 @@ class Worker:
             if error != self._capture_error:
                 log.warning("logical decoding: %s; the tables in logical mode wait, the others go on", error)
             self._capture_error = error
+
+    def _compare_requested(self, conn: psycopg.Connection[Any], tables: list[Table]) -> None:
+        """Compares whole each partitioned table whose partitions DDL attached, detached or
+        dropped (mgte.compare_requests, see sql/auto_embed.sql), every set of it, and takes
+        the request back in the same transaction: a failure leaves it for the next pass."""
+        for (oid,) in conn.execute("SELECT tbl::oid FROM mgte.compare_requests").fetchall():
+            sets = [t for t in tables if t.oid == oid]
+            if not sets:
+                continue  # enabled after this pass listed the tables
+            try:
+                with conn.transaction():
+                    conn.execute("DELETE FROM mgte.compare_requests WHERE tbl = %s::oid", [oid])
+                    queued = 0
+                    for table in sets:
+                        row = conn.execute(sql.SQL("SELECT {}(NULL)").format(table.function("changed"))).fetchone()
+                        queued += int(row[0]) if row else 0
+                log.info("%s: its partitions changed; compared whole, %d rows queued", sets[0].name, queued)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise not_a_worker(sets[0].name, exc) from None
+            except psycopg.Error as exc:  # e.g. the table was disabled meanwhile
+                log.warning("%s: comparing it whole failed (%s); retrying next pass", sets[0].name, str(exc).strip())
 
     def _served_model(self, client: Client) -> dict[str, Any] | None:
         """What `mgte info` says of the served model, once per pass over the tables; None

@@ -62,6 +62,20 @@ COMMENT ON TABLE mgte.reembeddings IS 'tables being re-embedded with another mod
 SELECT pg_catalog.pg_extension_config_dump('mgte.reembeddings', '');
 GRANT SELECT ON mgte.reembeddings TO PUBLIC;
 
+-- Partitioned tables whose partitions changed by DDL (attached, detached, dropped): rows that
+-- came or went without a trigger or logical decoding seeing them. mgte's event triggers
+-- record the table here, since they run as the installer and must not run its owner's
+-- functions; a worker then brings the table up to date whole (its _changed function) and
+-- deletes the row, in one transaction.
+CREATE TABLE mgte.compare_requests (
+    tbl regclass PRIMARY KEY REFERENCES mgte.enabled ON DELETE CASCADE,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE mgte.compare_requests IS
+    'partitioned tables whose partitions changed, for a worker to compare whole with their embeddings';
+SELECT pg_catalog.pg_extension_config_dump('mgte.compare_requests', '');
+GRANT SELECT, DELETE ON mgte.compare_requests TO mgte_worker;
+
 -- Tables enabled under 0.1.0 get 0.2.0's per-table objects. Their triggers call
 -- mgte._on_change(), dropped below, and their new objects are made by functions of sql/,
 -- which comes after the migrations: so here each table's triggers go, and its configuration,

@@ -1,7 +1,9 @@
 -- Auto-embedding: mgte_enable sets a table up; statement-level triggers queue the keys of
 -- changed rows (or, in sync mode, embed them inside the statement; in logical mode there is
--- no trigger, see sql/logical.sql); `mgte worker` drains the queue through the table's _claim
--- and _settle functions.
+-- none but a partition's TRUNCATE trigger, see sql/logical.sql); `mgte worker` drains the
+-- queue through the table's _claim and _settle functions. A partitioned table's partitions
+-- get the same triggers, and partitions that come and go by DDL are handled by the event
+-- triggers at the end of this file.
 --
 -- Who runs what. For each enabled table, schema mgte holds objects that belong to the
 -- table's OWNER, and every function among them is SECURITY DEFINER, so it runs with the
@@ -360,15 +362,41 @@ BEGIN
                    mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true),
                    mgte._function(cfg, 'changed', true));
     PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
-    IF cfg.mode <> 'logical' THEN
-        PERFORM mgte._create_triggers(cfg, triggers);
-    END IF;
+    PERFORM mgte._create_triggers(cfg, triggers);
     RETURN cfg;
 END
 $$;
 
--- The statement-level triggers of a set (not in logical mode), named triggers || event.
+-- The relations whose statement-level triggers a set needs: the table and, when it is
+-- partitioned, every partition below it, since PostgreSQL fires a statement's triggers on the
+-- relation it names only (a write to a partition itself fires none of the table's).
+CREATE OR REPLACE FUNCTION mgte._trigger_relations(tbl regclass)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT tbl UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(tbl) AS p
+$$;
+
+-- A set's statement-level triggers on the table and its partitions, named triggers || event.
+-- In logical mode the slot carries every write but a partition's own TRUNCATE, which
+-- pgoutput does not send for a table published as its partitioned root: partitions keep
+-- that one trigger.
 CREATE OR REPLACE FUNCTION mgte._create_triggers(cfg mgte.enabled, triggers text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    FOR rel IN SELECT mgte._trigger_relations(cfg.tbl) LOOP
+        PERFORM mgte._create_triggers_on(cfg, rel, triggers);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mgte._create_triggers_on(cfg mgte.enabled, rel regclass, triggers text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -377,8 +405,9 @@ DECLARE
     fn text;
 BEGIN
     FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
+        CONTINUE WHEN cfg.mode = 'logical' AND NOT (fn = 'truncate' AND rel <> cfg.tbl);
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                       triggers || fn, upper(fn), cfg.tbl,
+                       triggers || fn, upper(fn), rel,
                        CASE fn WHEN 'insert' THEN 'REFERENCING NEW TABLE AS mgte_new'
                                WHEN 'update' THEN 'REFERENCING OLD TABLE AS mgte_old NEW TABLE AS mgte_new'
                                WHEN 'delete' THEN 'REFERENCING OLD TABLE AS mgte_old'
@@ -394,18 +423,32 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    fn text;
+    rel regclass;
 BEGIN
-    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, tbl);
+    FOR rel IN SELECT mgte._trigger_relations(tbl) LOOP
+        PERFORM mgte._drop_triggers_on(rel, triggers);
     END LOOP;
 END
 $$;
 
--- Moves a table (both sets while it is re-embedded) into or out of logical mode: triggers
--- off and into the publication, or back. The table lock the trigger DDL takes keeps every
--- write on one side of the switch. DDL only: mgte_enable applies the table whole after
--- leaving logical mode, for what the slot had not yet handed on.
+CREATE OR REPLACE FUNCTION mgte._drop_triggers_on(rel regclass, triggers text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn text;
+BEGIN
+    FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triggers || fn, rel);
+    END LOOP;
+END
+$$;
+
+-- Moves a table (both sets while it is re-embedded) into or out of logical mode: its
+-- triggers made again for the mode, and into the publication or out. The table lock the
+-- trigger DDL takes keeps every write on one side of the switch. DDL only: mgte_enable
+-- applies the table whole after leaving logical mode, for what the slot had not yet handed on.
 CREATE OR REPLACE FUNCTION mgte._switch_capture(cfg mgte.enabled)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -414,17 +457,13 @@ AS $$
 DECLARE
     upcoming mgte.enabled := mgte._next_set(cfg.tbl);
 BEGIN
-    IF cfg.mode = 'logical' THEN
-        PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_');
-        PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_next_');
-        PERFORM mgte._publish(cfg, true);
-    ELSE
-        PERFORM mgte._create_triggers(cfg, 'mgte_');
-        IF upcoming.prefix IS NOT NULL THEN
-            PERFORM mgte._create_triggers(upcoming, 'mgte_next_');
-        END IF;
-        PERFORM mgte._publish(cfg, false);
+    PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_');
+    PERFORM mgte._drop_triggers(cfg.tbl, 'mgte_next_');
+    PERFORM mgte._create_triggers(cfg, 'mgte_');
+    IF upcoming.prefix IS NOT NULL THEN
+        PERFORM mgte._create_triggers(upcoming, 'mgte_next_');
     END IF;
+    PERFORM mgte._publish(cfg, cfg.mode = 'logical');
 END
 $$;
 
@@ -580,7 +619,6 @@ DECLARE
     live mgte.enabled := mgte._config(tbl);
     upcoming mgte.enabled := mgte._next_set(tbl);
     waiting boolean;
-    fn text;
 BEGIN
     PERFORM mgte._consume_authorization(tbl);
     IF upcoming.prefix IS NULL THEN
@@ -591,11 +629,8 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM mgte._drop_set(live, 'mgte_', false);
-    IF live.mode <> 'logical' THEN
-        FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
-            EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', 'mgte_next_' || fn, tbl, 'mgte_' || fn);
-        END LOOP;
-    END IF;
+    PERFORM mgte._drop_triggers(tbl, 'mgte_next_');
+    PERFORM mgte._create_triggers(upcoming, 'mgte_');
     DELETE FROM mgte.reembeddings r WHERE r.tbl = _finish_reembed.tbl;
     UPDATE mgte.enabled e
     SET prefix = upcoming.prefix, embeddings = upcoming.embeddings, queue = upcoming.queue, failed = upcoming.failed,
@@ -643,12 +678,27 @@ DECLARE
     cfg mgte.enabled;
     queued bigint;
 BEGIN
-    SELECT * INTO cfg FROM mgte.enabled WHERE tbl = TG_RELID::regclass;
+    -- TG_RELID is the table, or one of its partitions.
+    SELECT * INTO cfg FROM mgte.enabled
+    WHERE tbl = TG_RELID::regclass OR tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(TG_RELID));
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE {queue}, {embeddings}, {failed};
+        -- The whole table, when this is its own TRUNCATE (which fires its partitions' triggers
+        -- too), or when it is empty while no write can reach it (its ACCESS EXCLUSIVE lock is
+        -- ours). A partition's rows alone leave no keys behind: the table is compared whole.
+        IF TG_RELID = cfg.tbl::oid OR (
+            EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND relation = cfg.tbl::oid
+                    AND pid = pg_catalog.pg_backend_pid() AND mode = 'AccessExclusiveLock' AND granted)
+            AND NOT EXISTS (SELECT FROM {tbl})) THEN
+            TRUNCATE {queue}, {embeddings}, {failed};
+            RETURN NULL;
+        END IF;
+        {changed_all}
+        IF queued > 0 THEN
+            PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
+        END IF;
         RETURN NULL;
     END IF;
 
@@ -687,7 +737,7 @@ BEGIN
         {enqueue_inserted}
     END IF;
     IF queued > 0 THEN
-        PERFORM pg_catalog.pg_notify('mgte', TG_RELID::regclass::text);
+        PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
     END IF;
     RETURN NULL;
 END
@@ -1375,6 +1425,7 @@ $$;
 REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects(mgte.enabled, boolean),
     mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
     mgte._give_set(mgte.enabled, text), mgte._create_triggers(mgte.enabled, text), mgte._drop_triggers(regclass, text),
+    mgte._create_triggers_on(mgte.enabled, regclass, text), mgte._drop_triggers_on(regclass, text),
     mgte._switch_capture(mgte.enabled),
     mgte._create_index_on(mgte.enabled),
     mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
@@ -1396,11 +1447,82 @@ BEGIN
     LOOP
         PERFORM mgte._drop_objects(cfg, false);
     END LOOP;
+    -- A dropped partition took its rows along, and what it was a partition of is no longer
+    -- known: it had mgte's triggers, so each partitioned table left is compared whole.
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() d
+               WHERE d.object_type = 'table' AND NOT d.is_temporary)
+       AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() d,
+                          unnest(mgte._trigger_events()) AS event, unnest(ARRAY['mgte_', 'mgte_next_']) AS triggers
+                   WHERE d.object_type = 'trigger' AND d.object_identity LIKE triggers || event || ' on %') THEN
+        INSERT INTO mgte.compare_requests (tbl)
+        SELECT e.tbl FROM mgte.enabled e JOIN pg_catalog.pg_class c ON c.oid = e.tbl WHERE c.relkind = 'p'
+        ON CONFLICT DO NOTHING;
+        PERFORM pg_catalog.pg_notify('mgte', '');
+    END IF;
 END
 $$;
 
 DROP EVENT TRIGGER IF EXISTS mgte_drop;
 CREATE EVENT TRIGGER mgte_drop ON sql_drop EXECUTE FUNCTION mgte._on_drop();
+
+-- Partitions created, attached or detached under an enabled table. One created or attached
+-- gets each set's triggers and one detached loses them (found by comparing the partitions
+-- with the relations that have the set's triggers). Rows that came in with an attached
+-- partition or left with a detached one are seen by no trigger and no logical decoding: the
+-- table goes to mgte.compare_requests, for a worker to compare whole, since this runs as the
+-- installer and must not run the owner's functions. A partition just created has no rows.
+CREATE OR REPLACE FUNCTION mgte._on_partition()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+    cfg mgte.enabled;
+    handler regprocedure;
+    rel regclass;
+    created oid[];
+    changed boolean;
+BEGIN
+    SELECT coalesce(array_agg(c.objid), '{}') INTO created FROM pg_catalog.pg_event_trigger_ddl_commands() c
+    WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_catalog.pg_class'::regclass;
+    FOR s IN
+        SELECT sets.cfg, sets.triggers
+        FROM (SELECT e AS cfg, 'mgte_' AS triggers FROM mgte.enabled e
+              UNION ALL SELECT mgte._next_set(r.tbl), 'mgte_next_' FROM mgte.reembeddings r) sets
+        JOIN pg_catalog.pg_class t ON t.oid = (sets.cfg).tbl
+        WHERE t.relkind = 'p' AND EXISTS (
+            SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
+            WHERE c.classid = 'pg_catalog.pg_class'::regclass
+              AND (c.objid = t.oid OR t.oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.objid))))
+    LOOP
+        cfg := s.cfg;
+        handler := pg_catalog.to_regprocedure(mgte._function(cfg, 'on_change', true));
+        changed := false;
+        FOR rel IN SELECT DISTINCT g.tgrelid::regclass FROM pg_catalog.pg_trigger g
+                   WHERE g.tgfoid = handler AND g.tgrelid NOT IN (SELECT mgte._trigger_relations(cfg.tbl))
+        LOOP
+            PERFORM mgte._drop_triggers_on(rel, s.triggers);
+            changed := true;
+        END LOOP;
+        FOR rel IN SELECT r FROM mgte._trigger_relations(cfg.tbl) AS r
+                   WHERE r <> cfg.tbl AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                                                      WHERE g.tgrelid = r AND g.tgfoid = handler)
+        LOOP
+            PERFORM mgte._create_triggers_on(cfg, rel, s.triggers);
+            changed := changed OR rel::oid <> ALL (created);
+        END LOOP;
+        IF changed THEN
+            INSERT INTO mgte.compare_requests (tbl) VALUES (cfg.tbl) ON CONFLICT DO NOTHING;
+            PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
+        END IF;
+    END LOOP;
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS mgte_partition;
+CREATE EVENT TRIGGER mgte_partition ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION mgte._on_partition();
 
 -- A table's mgte objects follow it to a new owner (ALTER TABLE ... OWNER TO), so that its
 -- functions run with the new owner's rights and the old owner keeps none.

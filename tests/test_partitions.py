@@ -1,0 +1,95 @@
+"""Partitioned tables: every way a row enters or leaves one reaches its embeddings.
+
+PostgreSQL fires a statement's triggers on the relation it names only, pgoutput sends no
+partition's own TRUNCATE for a table published as its root, and partitions attached,
+detached or dropped move rows without any DML: each way is exercised here, in both modes,
+by alice, a plain role who owns the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mgte.pgcluster import Cluster
+from mgte.server_process import ServerProcess
+from tests.databases import Database, database, wait_until
+from tests.test_security import connect, roles, start_worker
+
+__all__ = ["roles"]  # the fixture, imported for pytest
+
+
+@pytest.fixture
+def db(cluster: Cluster, server: ServerProcess, roles: None) -> Iterator[Database]:
+    with database(cluster, server.socket) as fresh:
+        fresh.conn.execute("CREATE SCHEMA alice AUTHORIZATION alice")
+        yield fresh
+
+
+def current(db: Database) -> bool:
+    """Every row of alice.docs (partitions included) has the embedding of its text, and
+    nothing else is stored."""
+    return bool(db.one(
+        "SELECT (SELECT count(*) FROM alice.docs) = (SELECT count(*) FROM mgte.docs_embeddings) "
+        "AND NOT EXISTS (SELECT FROM alice.docs d LEFT JOIN mgte.docs_embeddings e USING (id) "
+        "                WHERE e.text_md5 IS DISTINCT FROM md5(d.body))"))
+
+
+def stored_ids(db: Database) -> set[int]:
+    return {int(r[0]) for r in db.conn.execute("SELECT id FROM mgte.docs_embeddings").fetchall()}
+
+
+@pytest.mark.parametrize("mode", ["async", "logical"])
+def test_writes_to_partitions_and_partitions_that_come_and_go_reach_the_embeddings(db: Database, mode: str) -> None:
+    with connect(db, "alice") as alice:
+        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text NOT NULL) PARTITION BY RANGE (id)")
+        alice.execute("CREATE TABLE alice.docs_low PARTITION OF alice.docs FOR VALUES FROM (0) TO (100)")
+        # A partition that is partitioned itself: its leaves are written to directly too.
+        alice.execute("CREATE TABLE alice.docs_high PARTITION OF alice.docs FOR VALUES FROM (100) TO (300) "
+                      "PARTITION BY RANGE (id)")
+        alice.execute("CREATE TABLE alice.docs_high_a PARTITION OF alice.docs_high FOR VALUES FROM (100) TO (200)")
+        alice.execute("CREATE TABLE alice.docs_high_b PARTITION OF alice.docs_high FOR VALUES FROM (200) TO (300)")
+        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(95, 104) g")
+        alice.execute("SELECT mgte_enable('alice.docs', 'body', mode => %s)", [mode])
+        start_worker(db)
+        wait_until(lambda: current(db), "the rows of every partition are embedded")
+
+        # Written to the partitions themselves, at both levels.
+        alice.execute("INSERT INTO alice.docs_low VALUES (1, 'into the partition')")
+        alice.execute("INSERT INTO alice.docs_high_b VALUES (250, 'into a partition of a partition')")
+        alice.execute("UPDATE alice.docs_high_a SET body = 'updated in the partition' WHERE id = 101")
+        alice.execute("UPDATE alice.docs_high SET body = 'updated one level up' WHERE id = 102")
+        alice.execute("DELETE FROM alice.docs_low WHERE id = 96")
+        wait_until(lambda: current(db), "writes to the partitions are embedded")
+        assert 96 not in stored_ids(db) and {1, 250} <= stored_ids(db)
+
+        # A partition created after mgte_enable catches its writes too.
+        alice.execute("CREATE TABLE alice.docs_top PARTITION OF alice.docs FOR VALUES FROM (300) TO (400)")
+        alice.execute("INSERT INTO alice.docs_top VALUES (301, 'into a new partition')")
+        wait_until(lambda: current(db), "a new partition's rows are embedded")
+
+        # A partition's own TRUNCATE takes its rows' embeddings along, and no others.
+        alice.execute("TRUNCATE alice.docs_high_a")
+        wait_until(lambda: current(db), "a truncated partition's rows are no longer stored")
+        assert not any(100 <= i < 200 for i in stored_ids(db)) and 250 in stored_ids(db)
+
+        # Attached with its rows; detached with them; dropped with them.
+        alice.execute("CREATE TABLE alice.docs_more (LIKE alice.docs)")
+        alice.execute("INSERT INTO alice.docs_more SELECT g, 'attached ' || g FROM generate_series(400, 404) g")
+        alice.execute("ALTER TABLE alice.docs ATTACH PARTITION alice.docs_more FOR VALUES FROM (400) TO (500)")
+        wait_until(lambda: current(db), "an attached partition's rows are embedded")
+        assert {400, 404} <= stored_ids(db)
+        alice.execute("ALTER TABLE alice.docs DETACH PARTITION alice.docs_top")
+        wait_until(lambda: current(db), "a detached partition's rows are no longer stored")
+        assert 301 not in stored_ids(db)
+        # The detached table is alice's own again: mgte has no trigger left on it.
+        assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'alice.docs_top'::regclass") == 0
+        alice.execute("INSERT INTO alice.docs_top VALUES (302, 'not a partition any more')")
+        alice.execute("DROP TABLE alice.docs_more")
+        wait_until(lambda: current(db), "a dropped partition's rows are no longer stored")
+        assert 400 not in stored_ids(db) and 302 not in stored_ids(db)
+        assert db.one("SELECT count(*) FROM mgte.compare_requests") == 0
+
+        alice.execute("TRUNCATE alice.docs")
+        wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings") == 0, "the whole table is truncated")
