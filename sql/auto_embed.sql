@@ -678,11 +678,12 @@ DECLARE
     cfg mgte.enabled;
     queued bigint;
 BEGIN
-    -- TG_RELID is the table, or one of its partitions.
-    SELECT * INTO cfg FROM mgte.enabled
-    WHERE tbl = TG_RELID::regclass OR tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(TG_RELID));
-    IF NOT FOUND THEN
-        RETURN NULL;
+    SELECT * INTO cfg FROM mgte.enabled WHERE tbl = TG_RELID::regclass;
+    IF NOT FOUND THEN  -- a partition of the table
+        SELECT * INTO cfg FROM mgte.enabled WHERE tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(TG_RELID));
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
         -- The whole table, when this is its own TRUNCATE (which fires its partitions' triggers
