@@ -14,8 +14,9 @@ import pytest
 
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
-from tests.databases import Database, database, wait_until
-from tests.test_security import connect, roles, start_worker
+from tests.conftest import Checkpoints, running_server
+from tests.databases import Database, database, stop, wait_until
+from tests.test_security import WORKER, connect, roles, start_worker
 
 __all__ = ["roles"]  # the fixture, imported for pytest
 
@@ -30,14 +31,23 @@ def db(cluster: Cluster, server: ServerProcess, roles: None) -> Iterator[Databas
 def current(db: Database) -> bool:
     """Every row of alice.docs (partitions included) has the embedding of its text, and
     nothing else is stored."""
+    embeddings = db.one("SELECT embeddings::text FROM mgte.enabled")
     return bool(db.one(
-        "SELECT (SELECT count(*) FROM alice.docs) = (SELECT count(*) FROM mgte.docs_embeddings) "
-        "AND NOT EXISTS (SELECT FROM alice.docs d LEFT JOIN mgte.docs_embeddings e USING (id) "
+        f"SELECT (SELECT count(*) FROM alice.docs) = (SELECT count(*) FROM {embeddings}) "
+        f"AND NOT EXISTS (SELECT FROM alice.docs d LEFT JOIN {embeddings} e USING (id) "
         "                WHERE e.text_md5 IS DISTINCT FROM md5(d.body))"))
 
 
 def stored_ids(db: Database) -> set[int]:
     return {int(r[0]) for r in db.conn.execute("SELECT id FROM mgte.docs_embeddings").fetchall()}
+
+
+def triggers(db: Database, table: str) -> set[str]:
+    return {str(r[0]) for r in db.conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass",
+                                               [table]).fetchall()}
+
+
+ASYNC = {"mgte_insert", "mgte_update", "mgte_delete", "mgte_truncate"}
 
 
 @pytest.mark.parametrize("mode", ["async", "logical"])
@@ -93,3 +103,36 @@ def test_writes_to_partitions_and_partitions_that_come_and_go_reach_the_embeddin
 
         alice.execute("TRUNCATE alice.docs")
         wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings") == 0, "the whole table is truncated")
+
+
+def test_mode_switches_and_a_reembed_move_the_partitions_triggers_along(
+        db: Database, checkpoints: Checkpoints) -> None:
+    with connect(db, "alice") as alice:
+        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text NOT NULL) PARTITION BY LIST (id)")
+        alice.execute("CREATE TABLE alice.docs_odd PARTITION OF alice.docs FOR VALUES IN (1, 3, 5)")
+        alice.execute("CREATE TABLE alice.docs_rest PARTITION OF alice.docs DEFAULT")
+        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 6) g")
+        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
+        assert triggers(db, "alice.docs") == triggers(db, "alice.docs_odd") == ASYNC
+        alice.execute("SELECT mgte_enable('alice.docs', 'body', mode => 'logical')")
+        assert triggers(db, "alice.docs") == set() and triggers(db, "alice.docs_odd") == {"mgte_truncate"}
+        alice.execute("SELECT mgte_enable('alice.docs', 'body', mode => 'async')")
+        assert triggers(db, "alice.docs_odd") == triggers(db, "alice.docs_rest") == ASYNC
+        worker = db.start_worker("--dsn", f"{db.conninfo} user={WORKER}")
+        wait_until(lambda: current(db), "embedded with the first model")
+        stop(worker)
+
+        new_model = str(checkpoints.embedding_original)
+        with running_server(checkpoints.embedding_original) as new_server:
+            alice.execute("SELECT mgte_reembed('alice.docs', model => %s)", [new_model])
+            assert triggers(db, "alice.docs_odd") == ASYNC | {f"mgte_next_{e}" for e in
+                                                              ("insert", "update", "delete", "truncate")}
+            alice.execute("UPDATE alice.docs_odd SET body = 'changed in the partition' WHERE id = 3")
+            db.start_worker("--dsn", f"{db.conninfo} user={WORKER}", "--socket", str(new_server.socket))
+            wait_until(lambda: db.one("SELECT model FROM mgte.enabled") == new_model, "the second set takes over")
+            assert triggers(db, "alice.docs") == triggers(db, "alice.docs_odd") == triggers(db, "alice.docs_rest") \
+                == ASYNC
+            alice.execute("INSERT INTO alice.docs_rest VALUES (8, 'written to a partition after the take-over')")
+            wait_until(lambda: current(db), "every row has the new model's embedding of its text")
+            embeddings = db.one("SELECT embeddings::text FROM mgte.enabled")
+            assert db.one(f"SELECT count(*) FROM {embeddings} WHERE model = %s", new_model) == 7
