@@ -378,6 +378,40 @@ AS $$
     SELECT tbl UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(tbl) AS p
 $$;
 
+-- Statement-level triggers see the writes of the statements that name their table, and only
+-- those: a partitioned table's partitions get its triggers, but a table that is a partition
+-- (written through its partitioned table) or in an inheritance tree (a parent's UPDATE and
+-- DELETE reach its children, whose rows its reads include) would lose writes, so it is
+-- refused, with what to do instead.
+CREATE OR REPLACE FUNCTION mgte._check_inheritance(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    root regclass := pg_catalog.pg_partition_root(tbl);
+    relative text;
+BEGIN
+    IF root IS NOT NULL AND root <> tbl THEN
+        RAISE EXCEPTION '% is a partition of %, and writes through % would not fire its triggers', tbl, root, root
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = format('enable %s instead, whose partitions follow (a partition already enabled: '
+                                'SELECT mgte_disable(%L) first)', root, tbl::text);
+    END IF;
+    SELECT CASE WHEN i.inhrelid = tbl THEN format('its parent %s', i.inhparent::regclass)
+                ELSE format('its child %s', i.inhrelid::regclass) END INTO relative
+    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = tbl
+    WHERE (i.inhrelid = tbl OR i.inhparent = tbl) AND c.relkind = 'r' AND NOT c.relispartition
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% is in a table inheritance tree (with %), whose writes its triggers do not all see',
+            tbl, relative
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'mgte follows declarative partitioning (PARTITION BY), not table inheritance (INHERITS)';
+    END IF;
+END
+$$;
+
 -- A set's statement-level triggers on the table and its partitions, named triggers || event.
 -- In logical mode the slot carries every write but a partition's own TRUNCATE, which
 -- pgoutput does not send for a table published as its partitioned root: partitions keep
@@ -1048,6 +1082,7 @@ BEGIN
     IF rel.nspname = 'mgte' THEN
         RAISE EXCEPTION 'cannot enable auto-embedding on mgte''s own table %', tbl USING ERRCODE = 'wrong_object_type';
     END IF;
+    PERFORM mgte._check_inheritance(tbl);
     PERFORM mgte._authorize(tbl);
 
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, t.typcategory INTO col
@@ -1466,12 +1501,14 @@ $$;
 DROP EVENT TRIGGER IF EXISTS mgte_drop;
 CREATE EVENT TRIGGER mgte_drop ON sql_drop EXECUTE FUNCTION mgte._on_drop();
 
--- Partitions created, attached or detached under an enabled table. One created or attached
--- gets each set's triggers and one detached loses them (found by comparing the partitions
--- with the relations that have the set's triggers). Rows that came in with an attached
--- partition or left with a detached one are seen by no trigger and no logical decoding: the
--- table goes to mgte.compare_requests, for a worker to compare whole, since this runs as the
--- installer and must not run the owner's functions. A partition just created has no rows.
+-- DDL that changes an enabled table's partitions or inheritance. An enabled table made a
+-- partition or put in an inheritance tree is refused (see _check_inheritance). A partition
+-- created or attached under one gets each set's triggers, and one detached loses them (found
+-- by comparing the partitions with the relations that have the set's triggers). Rows that
+-- came in with an attached partition or left with a detached one are seen by no trigger and
+-- no logical decoding: the table goes to mgte.compare_requests, for a worker to compare
+-- whole, since this runs as the installer and must not run the owner's functions. A
+-- partition just created has no rows.
 CREATE OR REPLACE FUNCTION mgte._on_partition()
 RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1485,6 +1522,12 @@ DECLARE
     created oid[];
     changed boolean;
 BEGIN
+    -- An enabled table that this DDL made a partition or put in an inheritance tree.
+    PERFORM mgte._check_inheritance(e.tbl) FROM mgte.enabled e
+    WHERE EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                  WHERE c.classid = 'pg_catalog.pg_class'::regclass
+                    AND (c.objid = e.tbl OR EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                                                    WHERE (i.inhrelid, i.inhparent) IN ((c.objid, e.tbl), (e.tbl, c.objid)))));
     SELECT coalesce(array_agg(c.objid), '{}') INTO created FROM pg_catalog.pg_event_trigger_ddl_commands() c
     WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_catalog.pg_class'::regclass;
     FOR s IN

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
 from tests.conftest import Checkpoints, running_server
-from tests.databases import Database, database, stop, wait_until
+from tests.databases import Connection, Database, database, stop, wait_until
 from tests.test_security import WORKER, connect, roles, start_worker
 
 __all__ = ["roles"]  # the fixture, imported for pytest
@@ -136,3 +137,43 @@ def test_mode_switches_and_a_reembed_move_the_partitions_triggers_along(
             wait_until(lambda: current(db), "every row has the new model's embedding of its text")
             embeddings = db.one("SELECT embeddings::text FROM mgte.enabled")
             assert db.one(f"SELECT count(*) FROM {embeddings} WHERE model = %s", new_model) == 7
+
+
+def refused(conn: Connection, statement: str, sqlstate: str) -> str:
+    with pytest.raises(psycopg.Error) as raised:
+        conn.execute(statement)
+    assert raised.value.sqlstate == sqlstate, f"{statement}: {raised.value}"
+    assert raised.value.diag.message_hint
+    return f"{raised.value.diag.message_primary} ({raised.value.diag.message_hint})"
+
+
+def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Database) -> None:
+    """Its triggers would miss writes: those through the partitioned table, or a parent's
+    UPDATE and DELETE of its children's rows."""
+    with connect(db, "alice") as alice:
+        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+        alice.execute("CREATE TABLE alice.docs_low PARTITION OF alice.docs FOR VALUES FROM (0) TO (100)")
+        message = refused(alice, "SELECT mgte_enable('alice.docs_low', 'body')", "42809")
+        assert "alice.docs_low is a partition of alice.docs" in message and "enable alice.docs instead" in message
+
+        # An enabled table may not become a partition afterwards either.
+        alice.execute("CREATE TABLE alice.docs_more (id bigint PRIMARY KEY, body text)")
+        alice.execute("SELECT mgte_enable('alice.docs_more', 'body')")
+        attach = "ALTER TABLE alice.docs ATTACH PARTITION alice.docs_more FOR VALUES FROM (100) TO (200)"
+        message = refused(alice, attach, "42809")
+        assert "mgte_disable('alice.docs_more')" in message
+        assert db.one("SELECT relispartition FROM pg_class WHERE oid = 'alice.docs_more'::regclass") is False
+
+        alice.execute("CREATE TABLE alice.notes (id bigint PRIMARY KEY, body text)")
+        alice.execute("CREATE TABLE alice.notes_child () INHERITS (alice.notes)")
+        message = refused(alice, "SELECT mgte_enable('alice.notes', 'body')", "0A000")
+        assert "its child alice.notes_child" in message and "PARTITION BY" in message
+        refused(alice, "SELECT mgte_enable('alice.notes_child', 'body')", "0A000")
+        refused(alice, "CREATE TABLE alice.docs_more_child () INHERITS (alice.docs_more)", "0A000")
+        assert db.one("SELECT to_regclass('alice.docs_more_child')") is None
+        refused(alice, "ALTER TABLE alice.docs_more INHERIT alice.notes", "0A000")
+
+        # Partitions of an enabled partitioned table are welcome.
+        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
+        alice.execute("CREATE TABLE alice.docs_high PARTITION OF alice.docs FOR VALUES FROM (200) TO (300)")
+        assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'alice.docs_high'::regclass") == 4
