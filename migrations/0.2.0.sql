@@ -76,6 +76,15 @@ COMMENT ON TABLE mgte.compare_requests IS
 SELECT pg_catalog.pg_extension_config_dump('mgte.compare_requests', '');
 GRANT SELECT, DELETE ON mgte.compare_requests TO mgte_worker;
 
+-- The partitions that carry an enabled table's triggers, with that table: a partition that is
+-- dropped no longer says whose it was (sql_drop sees it gone), and this does.
+CREATE TABLE mgte.partitions (
+    partition regclass PRIMARY KEY,
+    tbl regclass NOT NULL
+);
+COMMENT ON TABLE mgte.partitions IS 'the partitions of enabled tables, which carry their triggers';
+SELECT pg_catalog.pg_extension_config_dump('mgte.partitions', '');
+
 -- Tables enabled under 0.1.0 get 0.2.0's per-table objects. Their triggers call
 -- mgte._on_change(), dropped below, and their new objects are made by functions of sql/,
 -- which comes after the migrations: so here each table's triggers go, and its configuration,

@@ -438,6 +438,9 @@ AS $$
 DECLARE
     fn text;
 BEGIN
+    IF rel <> cfg.tbl THEN
+        INSERT INTO mgte.partitions (partition, tbl) VALUES (rel, cfg.tbl) ON CONFLICT DO NOTHING;
+    END IF;
     FOR fn IN SELECT unnest(mgte._trigger_events()) LOOP
         CONTINUE WHEN cfg.mode = 'logical' AND NOT (fn = 'truncate' AND rel <> cfg.tbl);
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
@@ -616,6 +619,7 @@ BEGIN
     END IF;
     PERFORM mgte._drop_set(cfg, 'mgte_', keep_embeddings);
     PERFORM mgte._publish(cfg, false);  -- drops the slot after the last table in logical mode
+    DELETE FROM mgte.partitions p WHERE p.tbl::oid = cfg.tbl::oid;
     DELETE FROM mgte.reembeddings r WHERE r.tbl::oid = cfg.tbl::oid;
     DELETE FROM mgte.enabled e WHERE e.tbl::oid = cfg.tbl::oid;
 END
@@ -1483,16 +1487,15 @@ BEGIN
     LOOP
         PERFORM mgte._drop_objects(cfg, false);
     END LOOP;
-    -- A dropped partition took its rows along, and what it was a partition of is no longer
-    -- known: it had mgte's triggers, so each partitioned table left is compared whole.
-    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() d
-               WHERE d.object_type = 'table' AND NOT d.is_temporary)
-       AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() d,
-                          unnest(mgte._trigger_events()) AS event, unnest(ARRAY['mgte_', 'mgte_next_']) AS triggers
-                   WHERE d.object_type = 'trigger' AND d.object_identity LIKE triggers || event || ' on %') THEN
-        INSERT INTO mgte.compare_requests (tbl)
-        SELECT e.tbl FROM mgte.enabled e JOIN pg_catalog.pg_class c ON c.oid = e.tbl WHERE c.relkind = 'p'
-        ON CONFLICT DO NOTHING;
+    -- A dropped partition took its rows along: its table is compared whole.
+    WITH dropped AS (
+        DELETE FROM mgte.partitions p USING pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0 AND d.objid = p.partition::oid
+        RETURNING p.tbl)
+    INSERT INTO mgte.compare_requests (tbl)
+    SELECT DISTINCT e.tbl FROM dropped JOIN mgte.enabled e ON e.tbl::oid = dropped.tbl::oid
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
         PERFORM pg_catalog.pg_notify('mgte', '');
     END IF;
 END
@@ -1547,6 +1550,7 @@ BEGIN
                    WHERE g.tgfoid = handler AND g.tgrelid NOT IN (SELECT mgte._trigger_relations(cfg.tbl))
         LOOP
             PERFORM mgte._drop_triggers_on(rel, s.triggers);
+            DELETE FROM mgte.partitions p WHERE p.partition = rel;
             changed := true;
         END LOOP;
         FOR rel IN SELECT r FROM mgte._trigger_relations(cfg.tbl) AS r

@@ -177,3 +177,16 @@ def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Datab
         alice.execute("SELECT mgte_enable('alice.docs', 'body')")
         alice.execute("CREATE TABLE alice.docs_high PARTITION OF alice.docs FOR VALUES FROM (200) TO (300)")
         assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'alice.docs_high'::regclass") == 4
+
+        # Only a partition's drop asks for a comparison, however the triggers dropped are named.
+        db.conn.execute("CREATE SCHEMA eve AUTHORIZATION eve")
+        with connect(db, "eve") as eve:
+            eve.execute("CREATE TABLE eve.t (id int)")
+            eve.execute("CREATE FUNCTION eve.nothing() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'")
+            eve.execute("CREATE TRIGGER mgte_insert AFTER INSERT ON eve.t FOR EACH STATEMENT "
+                        "EXECUTE FUNCTION eve.nothing()")
+            eve.execute("DROP TABLE eve.t")
+        assert db.one("SELECT count(*) FROM mgte.compare_requests") == 0
+        alice.execute("DROP TABLE alice.docs_high")
+        assert db.conn.execute("SELECT tbl::text FROM mgte.compare_requests").fetchall() == [("alice.docs",)]
+        assert db.one("SELECT count(*) FROM mgte.partitions") == 1  # docs_low
