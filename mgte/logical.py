@@ -138,6 +138,10 @@ def capture(conn: psycopg.Connection[Any], tables: list[Table]) -> bool:
     logical = [t for t in tables if t.logical]
     if not logical:
         return False
+    if row is not None and row[0] is None:
+        log.warning("publication mgte_changes had been changed or dropped by hand: made again, with a new slot on the "
+                    "next pass, which then brings %s up to date", ", ".join(t.name for t in logical))
+        return True
     if row and row[0]:
         log.info("made the logical decoding slot; bringing %s up to date", ", ".join(t.name for t in logical))
         for table in logical:

@@ -87,10 +87,38 @@ BEGIN
 END
 $$;
 
+-- Whether mgte_changes is as _publish makes it: every operation, published as the
+-- partitioned root, the tables in logical mode with their key columns, and nothing else.
+CREATE OR REPLACE FUNCTION mgte._publication_intact()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH publication AS (
+        SELECT p.oid FROM pg_catalog.pg_publication p
+        WHERE p.pubname = 'mgte_changes' AND NOT p.puballtables AND p.pubinsert AND p.pubupdate AND p.pubdelete
+          AND p.pubtruncate AND p.pubviaroot),
+    published AS (
+        SELECT r.prrelid AS tbl, ARRAY(SELECT a.attname FROM unnest(r.prattrs) AS k(attnum)
+                                       JOIN pg_catalog.pg_attribute a ON a.attrelid = r.prrelid AND a.attnum = k.attnum
+                                       ORDER BY a.attname) AS columns
+        FROM pg_catalog.pg_publication_rel r JOIN publication ON r.prpubid = publication.oid),
+    wanted AS (
+        SELECT e.tbl::oid AS tbl, ARRAY(SELECT unnest(e.key_columns) ORDER BY 1) AS columns
+        FROM mgte.enabled e WHERE e.mode = 'logical')
+    SELECT EXISTS (SELECT FROM publication)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_namespace n JOIN publication ON n.pnpubid = publication.oid)
+       AND NOT EXISTS ((SELECT * FROM published EXCEPT SELECT * FROM wanted)
+                       UNION ALL (SELECT * FROM wanted EXCEPT SELECT * FROM published))
+$$;
+
 -- For mgte worker: makes the slot if it is missing (or lost: max_slot_wal_keep_size let
 -- PostgreSQL remove WAL it still needed); true when it did, and the worker then applies
 -- every table in logical mode whole (keys NULL), for what was written before. Without a
--- table in logical mode, drops the slot instead and returns false.
+-- table in logical mode, drops the slot instead and returns false. A publication changed or
+-- dropped by hand would have the slot miss changes, or fail on every read (pgoutput looks
+-- the publication up as of each change): it is made again and the slot dropped, and NULL
+-- returned; the next call, in a transaction that has written nothing, makes the slot.
 CREATE OR REPLACE FUNCTION mgte._logical_start()
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -109,6 +137,14 @@ BEGIN
         PERFORM pg_catalog.pg_drop_replication_slot(slot);
     END IF;
     present := EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = slot);
+    IF wanted AND NOT mgte._publication_intact() THEN
+        DROP PUBLICATION IF EXISTS mgte_changes;
+        PERFORM mgte._publish(e, true) FROM mgte.enabled e WHERE e.mode = 'logical';
+        IF present THEN
+            PERFORM pg_catalog.pg_drop_replication_slot(slot);
+        END IF;
+        RETURN NULL;
+    END IF;
     IF wanted AND NOT present THEN
         PERFORM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput');
         RETURN true;
