@@ -74,7 +74,8 @@ CREATE TABLE mgte.compare_requests (
 COMMENT ON TABLE mgte.compare_requests IS
     'partitioned tables whose partitions changed, for a worker to compare whole with their embeddings';
 SELECT pg_catalog.pg_extension_config_dump('mgte.compare_requests', '');
-GRANT SELECT, DELETE ON mgte.compare_requests TO mgte_worker;
+GRANT SELECT ON mgte.compare_requests TO PUBLIC;  -- for mgte_status, like mgte.enabled
+GRANT DELETE ON mgte.compare_requests TO mgte_worker;
 
 -- The partitions that carry an enabled table's triggers, with that table: a partition that is
 -- dropped no longer says whose it was (sql_drop sees it gone), and this does.

@@ -1338,7 +1338,7 @@ COMMENT ON FUNCTION mgte_grant_search(regclass, name) IS
 CREATE OR REPLACE FUNCTION mgte_status(tbl regclass DEFAULT NULL)
 RETURNS TABLE (table_name regclass, text_column name, mode text, model text, pending bigint, in_progress bigint,
                failed bigint, oldest_pending interval, last_embedded timestamptz, embedded_last_minute bigint,
-               reembed_model text, reembed_pending bigint, reembed_stored bigint)
+               reembed_model text, reembed_pending bigint, reembed_stored bigint, compare_requested timestamptz)
 LANGUAGE plpgsql STABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1366,6 +1366,7 @@ BEGIN
                            upcoming.embeddings, mgte._function(upcoming, 'status'))
                 INTO reembed_pending, reembed_stored;
         END IF;
+        compare_requested := (SELECT r.requested_at FROM mgte.compare_requests r WHERE r.tbl = cfg.tbl);
         RETURN NEXT;
     END LOOP;
 END

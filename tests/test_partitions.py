@@ -189,4 +189,5 @@ def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Datab
         assert db.one("SELECT count(*) FROM mgte.compare_requests") == 0
         alice.execute("DROP TABLE alice.docs_high")
         assert db.conn.execute("SELECT tbl::text FROM mgte.compare_requests").fetchall() == [("alice.docs",)]
+        assert alice.execute("SELECT compare_requested IS NOT NULL FROM mgte_status('alice.docs')").fetchone() == (True,)
         assert db.one("SELECT count(*) FROM mgte.partitions") == 1  # docs_low
