@@ -301,8 +301,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     key_defs text := mgte._key_definitions(cfg);
-    vars jsonb;
-    fn text;
 BEGIN
     EXECUTE format(
         'CREATE TABLE mgte.%I (%s, embedding %s NOT NULL, sparse jsonb, sparsevec %s, model text NOT NULL, '
@@ -331,6 +329,25 @@ BEGIN
                    format('rows of %s the mgte server rejected; mgte_retry_failed(%L) queues them again',
                           cfg.tbl, cfg.tbl::text));
 
+    PERFORM mgte._create_functions(cfg);
+    PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
+    PERFORM mgte._create_triggers(cfg, triggers);
+    RETURN cfg;
+END
+$$;
+
+-- A set's functions, from the templates below. Made again (as they are, under the same
+-- owner and grants) when the table is renamed or moved to another schema, since they name it.
+CREATE OR REPLACE FUNCTION mgte._create_functions(cfg mgte.enabled)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_defs text := mgte._key_definitions(cfg);
+    vars jsonb;
+    fn text;
+BEGIN
     vars := jsonb_build_object(
         'tbl', cfg.tbl::text, 'tbl_literal', quote_literal(cfg.tbl::text), 'text', quote_ident(cfg.text_column),
         'prefix_literal', quote_literal(cfg.prefix),
@@ -361,9 +378,6 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s, %s TO mgte_worker', mgte._function(cfg, 'claim', true),
                    mgte._function(cfg, 'settle', true), mgte._function(cfg, 'status', true),
                    mgte._function(cfg, 'changed', true));
-    PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
-    PERFORM mgte._create_triggers(cfg, triggers);
-    RETURN cfg;
 END
 $$;
 
@@ -709,7 +723,7 @@ SET search_path = pg_catalog, pg_temp
 AS $template$
 SELECT CASE fn
 WHEN 'on_change' THEN $sql$
-CREATE FUNCTION {name}() RETURNS trigger
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
@@ -783,7 +797,7 @@ END
 $body$
 $sql$
 WHEN 'claim' THEN $sql$
-CREATE FUNCTION {name}(batch_size integer, lease_seconds double precision)
+CREATE OR REPLACE FUNCTION {name}(batch_size integer, lease_seconds double precision)
 RETURNS TABLE (key jsonb, lease uuid, attempts integer, body text, body_md5 text)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
@@ -802,7 +816,7 @@ AS $body$
 $body$
 $sql$
 WHEN 'settle' THEN $sql$
-CREATE FUNCTION {name}(results jsonb, embeddings {vector}[], sparsevecs {sparsevec}[])
+CREATE OR REPLACE FUNCTION {name}(results jsonb, embeddings {vector}[], sparsevecs {sparsevec}[])
 RETURNS TABLE (stored bigint, failed bigint, released bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
@@ -887,7 +901,7 @@ END
 $body$
 $sql$
 WHEN 'requeue' THEN $sql$
-CREATE FUNCTION {name}(failed_only boolean) RETURNS bigint
+CREATE OR REPLACE FUNCTION {name}(failed_only boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
@@ -908,7 +922,7 @@ END
 $body$
 $sql$
 WHEN 'changed' THEN $sql$
-CREATE FUNCTION {name}(changed_keys jsonb) RETURNS bigint
+CREATE OR REPLACE FUNCTION {name}(changed_keys jsonb) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
@@ -927,7 +941,7 @@ END
 $body$
 $sql$
 WHEN 'status' THEN $sql$
-CREATE FUNCTION {name}()
+CREATE OR REPLACE FUNCTION {name}()
 RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, oldest_pending interval,
                last_embedded timestamptz, embedded_last_minute bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -1467,6 +1481,7 @@ REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects
     mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
     mgte._give_set(mgte.enabled, text), mgte._create_triggers(mgte.enabled, text), mgte._drop_triggers(regclass, text),
     mgte._create_triggers_on(mgte.enabled, regclass, text), mgte._drop_triggers_on(regclass, text),
+    mgte._create_functions(mgte.enabled),
     mgte._switch_capture(mgte.enabled),
     mgte._create_index_on(mgte.enabled),
     mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
@@ -1597,6 +1612,29 @@ BEGIN
                                     cfg.tbl::text, cfg.text_column);
         END IF;
     END LOOP;
+    -- The functions name the table, its text column and its key columns: a table renamed or
+    -- moved (or in a schema renamed) gets its functions made again; a column renamed or
+    -- dropped is refused.
+    FOR cfg IN
+        SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
+        JOIN pg_catalog.pg_class t ON t.oid = s.tbl
+        WHERE EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                      WHERE (c.classid = 'pg_catalog.pg_class'::regclass AND c.objid = t.oid)
+                         OR (c.classid = 'pg_catalog.pg_namespace'::regclass AND c.objid = t.relnamespace))
+    LOOP
+        SELECT string_agg(quote_ident(name), ', ') INTO problem
+        FROM unnest(cfg.text_column || cfg.key_columns) AS name
+        WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = cfg.tbl AND a.attname = name AND a.attnum > 0 AND NOT a.attisdropped);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'mgte: auto-embedding of % reads its column %, which cannot be renamed or dropped while it is enabled',
+                cfg.tbl, problem
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = format('SELECT mgte_disable(%L) first (mgte_enable again afterwards embeds the rows anew)',
+                                    cfg.tbl::text);
+        END IF;
+        PERFORM mgte._create_functions(cfg);
+    END LOOP;
     FOR cfg IN
         SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
         JOIN pg_catalog.pg_class t ON t.oid = s.tbl
@@ -1612,5 +1650,30 @@ END
 $$;
 
 DROP EVENT TRIGGER IF EXISTS mgte_alter;
-CREATE EVENT TRIGGER mgte_alter ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+CREATE EVENT TRIGGER mgte_alter ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA')
     EXECUTE FUNCTION mgte._on_alter();
+
+-- An ALTER TABLE that rewrites a column (ALTER COLUMN ... TYPE ... USING) may change every
+-- text without a write that a trigger or the slot sees: the table is compared whole.
+CREATE OR REPLACE FUNCTION mgte._on_rewrite()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rewritten oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
+BEGIN
+    IF pg_catalog.pg_event_trigger_table_rewrite_reason() & 4 <> 0 THEN  -- AT_REWRITE_COLUMN_REWRITE
+        INSERT INTO mgte.compare_requests (tbl)
+        SELECT e.tbl FROM mgte.enabled e
+        WHERE e.tbl::oid = rewritten OR e.tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(rewritten))
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            PERFORM pg_catalog.pg_notify('mgte', '');
+        END IF;
+    END IF;
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS mgte_rewrite;
+CREATE EVENT TRIGGER mgte_rewrite ON table_rewrite EXECUTE FUNCTION mgte._on_rewrite();

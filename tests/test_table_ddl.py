@@ -1,9 +1,10 @@
-"""Partitioned tables: every way a row enters or leaves one reaches its embeddings.
+"""DDL on an enabled table: every way a row enters, leaves or changes reaches its embeddings.
 
 PostgreSQL fires a statement's triggers on the relation it names only, pgoutput sends no
-partition's own TRUNCATE for a table published as its root, and partitions attached,
-detached or dropped move rows without any DML: each way is exercised here, in both modes,
-by alice, a plain role who owns the table.
+partition's own TRUNCATE for a table published as its root, partitions attached, detached or
+dropped move rows without any DML, and ALTER COLUMN ... TYPE ... USING rewrites texts without
+any: each way is exercised here, by alice, a plain role who owns the table. mgte's functions
+name the table and its columns, so renames are followed or refused.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def db(cluster: Cluster, server: ServerProcess, roles: None) -> Iterator[Databas
         yield fresh
 
 
-def current(db: Database) -> bool:
-    """Every row of alice.docs (partitions included) has the embedding of its text, and
+def current(db: Database, table: str = "alice.docs") -> bool:
+    """Every row of the table (partitions included) has the embedding of its text, and
     nothing else is stored."""
     embeddings = db.one("SELECT embeddings::text FROM mgte.enabled")
     return bool(db.one(
-        f"SELECT (SELECT count(*) FROM alice.docs) = (SELECT count(*) FROM {embeddings}) "
-        f"AND NOT EXISTS (SELECT FROM alice.docs d LEFT JOIN {embeddings} e USING (id) "
+        f"SELECT (SELECT count(*) FROM {table}) = (SELECT count(*) FROM {embeddings}) "
+        f"AND NOT EXISTS (SELECT FROM {table} d LEFT JOIN {embeddings} e USING (id) "
         "                WHERE e.text_md5 IS DISTINCT FROM md5(d.body))"))
 
 
@@ -189,5 +190,37 @@ def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Datab
         assert db.one("SELECT count(*) FROM mgte.compare_requests") == 0
         alice.execute("DROP TABLE alice.docs_high")
         assert db.conn.execute("SELECT tbl::text FROM mgte.compare_requests").fetchall() == [("alice.docs",)]
-        assert alice.execute("SELECT compare_requested IS NOT NULL FROM mgte_status('alice.docs')").fetchone() == (True,)
+        status = alice.execute("SELECT compare_requested IS NOT NULL FROM mgte_status('alice.docs')").fetchone()
+        assert status == (True,)
         assert db.one("SELECT count(*) FROM mgte.partitions") == 1  # docs_low
+
+
+def test_a_rewritten_column_is_embedded_again_and_renames_are_followed_or_refused(db: Database) -> None:
+    with connect(db, "alice") as alice:
+        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text)")
+        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
+        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
+        start_worker(db)
+        wait_until(lambda: current(db), "embedded")
+
+        # Every text changes, and no trigger fires.
+        alice.execute("ALTER TABLE alice.docs ALTER COLUMN body TYPE varchar(100) USING upper(body)")
+        wait_until(lambda: current(db), "the rewritten texts are embedded")
+
+        # The table and its schema renamed: writes go on reaching the embeddings.
+        alice.execute("ALTER TABLE alice.docs RENAME TO papers")
+        alice.execute("INSERT INTO alice.papers VALUES (6, 'written after the table was renamed')")
+        wait_until(lambda: current(db, "alice.papers"), "a write to the renamed table is embedded")
+        db.conn.execute("ALTER SCHEMA alice RENAME TO alicia")
+        alice.execute("UPDATE alicia.papers SET body = 'written after the schema was renamed' WHERE id = 1")
+        wait_until(lambda: current(db, "alicia.papers"), "a write to the table in the renamed schema is embedded")
+        assert len(alice.execute("SELECT * FROM mgte_search('alicia.papers', 'written', k => 3)").fetchall()) == 3
+
+        # Its text and key columns cannot be renamed or dropped under it.
+        for statement in ("ALTER TABLE alicia.papers RENAME COLUMN body TO content",
+                          "ALTER TABLE alicia.papers DROP COLUMN body",
+                          "ALTER TABLE alicia.papers RENAME COLUMN id TO paper_id"):
+            message = refused(alice, statement, "2BP01")
+            assert "mgte_disable('alicia.papers')" in message
+        alice.execute("INSERT INTO alicia.papers VALUES (7, 'written after the refusals')")
+        wait_until(lambda: current(db, "alicia.papers"), "writes still reach the embeddings")
