@@ -105,6 +105,7 @@ def diagnose(dsn: str, socket_path: str) -> list[Check]:
             checks += _models(tables, served or backend_info, socket_path)
             checks.append(_workers(conn, tables, socket_path))
             checks += _slot(conn, socket_path)
+            checks += _subscribed(conn)
             checks += [queue_check(table) for table in tables]
         except psycopg.Error as exc:
             # Most likely the DSN's role may not read what a check needs; the rest is not checked.
@@ -425,6 +426,24 @@ def _slot(conn: psycopg.Connection[Any], socket_path: str) -> list[Check]:
                       f"check that a worker runs and what its log says, or {start}; "
                       "max_slot_wal_keep_size bounds what a slot may keep")]
     return [Check("slot", "ok", f"slot {name} {kept}")]
+
+
+def _subscribed(conn: psycopg.Connection[Any]) -> list[Check]:
+    """Tables outside logical mode that a logical replication subscription writes: its apply
+    worker fires no statement-level trigger, so the rows it applies are never queued. No check
+    for the others."""
+    rows = conn.execute("""
+        SELECT e.tbl::text, e.text_column, string_agg(DISTINCT s.subname, ', ')
+        FROM mgte.enabled e
+        JOIN pg_catalog.pg_subscription_rel r ON r.srrelid IN (SELECT mgte._trigger_relations(e.tbl))
+        JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+        WHERE e.mode <> 'logical'
+        GROUP BY 1, 2 ORDER BY 1""").fetchall()
+    return [Check("capture", "fail", f"subscription {subscriptions} writes it, and its apply worker fires no "
+                                     "statement-level trigger: the rows it applies are not embedded",
+                  f"SELECT mgte_enable('{table}', '{column}', mode => 'logical'), which reads them from the WAL",
+                  table=table)
+            for table, column, subscriptions in rows]
 
 
 def _bytes(n: int) -> str:

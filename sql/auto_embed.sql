@@ -1101,6 +1101,14 @@ BEGIN
         RAISE EXCEPTION 'cannot enable auto-embedding on mgte''s own table %', tbl USING ERRCODE = 'wrong_object_type';
     END IF;
     PERFORM mgte._check_inheritance(tbl);
+    IF mode <> 'logical' AND EXISTS (SELECT FROM pg_catalog.pg_subscription_rel r
+                                     WHERE r.srrelid IN (SELECT mgte._trigger_relations(tbl))) THEN
+        RAISE EXCEPTION '% is written by a logical replication subscription, whose apply worker fires no '
+                        'statement-level trigger', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('SELECT mgte_enable(%L, %L, mode => ''logical''), which reads the applied changes '
+                                'from the WAL', tbl::text, text_column);
+    END IF;
     PERFORM mgte._authorize(tbl);
 
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, t.typcategory INTO col

@@ -11,7 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from mgte.doctor import diagnose
 from mgte.logical import decode
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
@@ -205,6 +207,51 @@ def test_a_publication_changed_or_dropped_by_hand_is_made_again(db: Database) ->
     assert db.conn.execute(published).fetchall() == [("mgte_changes", ["id"])]
     assert "made again" in db.worker_logs()
     assert_all_embedded(db, 5)
+
+
+def test_a_table_a_subscription_writes_is_embedded_in_logical_mode_only(
+        cluster: Cluster, server: ServerProcess, db: Database) -> None:
+    """The apply worker of a logical replication subscription fires no statement-level
+    trigger; its changes are in the WAL, where logical mode reads them."""
+    subscription = f"{db.name}_docs"
+    with database(cluster, server.socket) as origin:
+        origin.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        origin.conn.execute("INSERT INTO docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
+        origin.conn.execute("CREATE PUBLICATION docs_out FOR TABLE docs")
+        # Within one cluster a subscription cannot make its own slot: it would wait for itself.
+        origin.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [subscription])
+        db.conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        db.conn.execute("SELECT mgte_enable('docs', 'body')")  # before the table was subscribed
+        name = sql.Identifier(subscription)
+        db.conn.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION docs_out "
+                                "WITH (create_slot = false, slot_name = {})").format(
+            name, sql.Literal(origin.conninfo), sql.Literal(subscription)))
+        try:
+            wait_until(lambda: db.one("SELECT count(*) FROM docs") == 5, "the subscription copies the rows")
+            capture = [c for c in diagnose(db.conninfo, str(server.socket)) if c.check == "capture"]
+            assert [(c.status, c.table) for c in capture] == [("fail", "docs")]
+            assert "mode => 'logical'" in (capture[0].fix or "")
+            with pytest.raises(psycopg.Error) as raised:
+                db.conn.execute("SELECT mgte_enable('docs', 'body')")
+            assert raised.value.sqlstate == "55000"
+            assert "mode => 'logical'" in (raised.value.diag.message_hint or "")
+            db.one("SELECT mgte_enable('docs', 'body', mode => 'logical')")
+            db.start_worker()
+            wait_until(lambda: current(db), "the copied rows are embedded")
+            assert [c for c in diagnose(db.conninfo, str(server.socket)) if c.check == "capture"] == []
+            origin.conn.execute("INSERT INTO docs VALUES (6, 'inserted at the origin')")
+            origin.conn.execute("UPDATE docs SET body = 'updated at the origin' WHERE id = 1")
+            origin.conn.execute("DELETE FROM docs WHERE id = 2")
+            wait_until(lambda: db.one("SELECT count(*) FROM docs WHERE id IN (2, 6)") == 1, "the writes are applied")
+            wait_until(lambda: current(db), "the applied writes are embedded")
+            assert_all_embedded(db, 5)
+        finally:
+            for statement in ("ALTER SUBSCRIPTION {} DISABLE", "ALTER SUBSCRIPTION {} SET (slot_name = NONE)",
+                              "DROP SUBSCRIPTION {}"):
+                db.conn.execute(sql.SQL(statement).format(name))
+            wait_until(lambda: origin.one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active",
+                                          subscription) == 0, "the subscription lets go of its slot")
+            origin.conn.execute("SELECT pg_drop_replication_slot(%s)", [subscription])
 
 
 def test_dump_and_restore_keep_logical_mode_working(cluster: Cluster, db: Database) -> None:
