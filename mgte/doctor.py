@@ -105,6 +105,7 @@ def diagnose(dsn: str, socket_path: str) -> list[Check]:
             checks += _models(tables, served or backend_info, socket_path)
             checks.append(_workers(conn, tables, socket_path))
             checks += _slot(conn, socket_path)
+            checks += _triggers(conn)
             checks += _subscribed(conn)
             checks += [queue_check(table) for table in tables]
         except psycopg.Error as exc:
@@ -426,6 +427,29 @@ def _slot(conn: psycopg.Connection[Any], socket_path: str) -> list[Check]:
                       f"check that a worker runs and what its log says, or {start}; "
                       "max_slot_wal_keep_size bounds what a slot may keep")]
     return [Check("slot", "ok", f"slot {name} {kept}")]
+
+
+def _triggers(conn: psycopg.Connection[Any]) -> list[Check]:
+    """Tables whose triggers (sql/auto_embed.sql: on the table and its partitions, as the mode
+    wants them) are missing or disabled: the writes meanwhile are not embedded. No check for
+    the others."""
+    rows = conn.execute("""
+        WITH sets AS (
+            SELECT e.tbl, e.mode, 'mgte_' AS triggers FROM mgte.enabled e
+            UNION ALL SELECT e.tbl, e.mode, 'mgte_next_' FROM mgte.reembeddings r JOIN mgte.enabled e USING (tbl)),
+        wanted AS (
+            SELECT s.tbl, rel, s.triggers || event AS name
+            FROM sets s, mgte._trigger_relations(s.tbl) AS rel, unnest(mgte._trigger_events()) AS event
+            WHERE s.mode <> 'logical' OR (rel <> s.tbl AND event = 'truncate'))
+        SELECT w.tbl::text, string_agg(format('%s on %s', w.name, w.rel), ', ' ORDER BY w.rel::text, w.name)
+        FROM wanted w
+        WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                          WHERE g.tgrelid = w.rel AND g.tgname = w.name AND g.tgenabled IN ('O', 'A'))
+        GROUP BY 1 ORDER BY 1""").fetchall()
+    return [Check("capture", "fail", f"its triggers are missing or disabled ({triggers}): writes are not embedded",
+                  f"SELECT mgte_resync('{table}') as its owner: it makes them again and has the worker bring the "
+                  "table up to date", table=table)
+            for table, triggers in rows]
 
 
 def _subscribed(conn: psycopg.Connection[Any]) -> list[Check]:

@@ -496,10 +496,11 @@ BEGIN
 END
 $$;
 
--- Moves a table (both sets while it is re-embedded) into or out of logical mode: its
--- triggers made again for the mode, and into the publication or out. The table lock the
--- trigger DDL takes keeps every write on one side of the switch. DDL only: mgte_enable
--- applies the table whole after leaving logical mode, for what the slot had not yet handed on.
+-- Makes a table's triggers (both sets' while it is re-embedded) what its mode wants, and puts
+-- it into the publication or takes it out: on a switch into or out of logical mode, and for
+-- mgte_resync. The table lock the trigger DDL takes keeps every write on one side of a switch.
+-- DDL only: mgte_enable applies the table whole after leaving logical mode, for what the
+-- slot had not yet handed on.
 CREATE OR REPLACE FUNCTION mgte._switch_capture(cfg mgte.enabled)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -1334,6 +1335,37 @@ $$;
 
 COMMENT ON FUNCTION mgte_retry_failed(regclass) IS
 'queue the rows of a table that the mgte server rejected (its dead letters) again; returns how many';
+
+-- After writes that no trigger saw (triggers disabled or dropped by hand, a bulk load under
+-- session_replication_role = replica): the table's triggers made again as its mode wants
+-- them, and a worker asked to compare it whole (mgte.compare_requests).
+CREATE OR REPLACE FUNCTION mgte_resync(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mgte._config(tbl);
+    PERFORM mgte._authorize(tbl);
+    PERFORM mgte._resync(tbl);
+END
+$$;
+COMMENT ON FUNCTION mgte_resync(regclass) IS
+'make a table''s auto-embedding triggers again and have mgte worker compare it whole with what is stored (after writes no trigger saw); only its owner may call it';
+
+-- DDL only, and a row in mgte's catalog.
+CREATE OR REPLACE FUNCTION mgte._resync(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mgte._consume_authorization(tbl);
+    PERFORM mgte._switch_capture(mgte._config(tbl));
+    INSERT INTO mgte.compare_requests (tbl) VALUES (tbl) ON CONFLICT DO NOTHING;
+    PERFORM pg_catalog.pg_notify('mgte', tbl::text);
+END
+$$;
 
 -- Lets `reader` search a table: SELECT on the table, its embeddings and its search view.
 CREATE OR REPLACE FUNCTION mgte_grant_search(tbl regclass, reader name)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from mgte.doctor import diagnose
 from mgte.pgcluster import Cluster
 from mgte.server_process import ServerProcess
 from tests.conftest import Checkpoints, running_server
@@ -224,3 +225,29 @@ def test_a_rewritten_column_is_embedded_again_and_renames_are_followed_or_refuse
             assert "mgte_disable('alicia.papers')" in message
         alice.execute("INSERT INTO alicia.papers VALUES (7, 'written after the refusals')")
         wait_until(lambda: current(db, "alicia.papers"), "writes still reach the embeddings")
+
+
+def test_resync_mends_triggers_disabled_or_dropped_by_hand_and_what_they_missed(
+        db: Database, server: ServerProcess) -> None:
+    with connect(db, "alice") as alice:
+        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text)")
+        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
+        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
+        start_worker(db)
+        wait_until(lambda: current(db), "embedded")
+        alice.execute("ALTER TABLE alice.docs DISABLE TRIGGER mgte_insert")
+        alice.execute("DROP TRIGGER mgte_update ON alice.docs")
+        alice.execute("INSERT INTO alice.docs VALUES (6, 'inserted while its trigger was disabled')")
+        alice.execute("UPDATE alice.docs SET body = 'updated without a trigger' WHERE id = 1")
+        capture = [c for c in diagnose(db.conninfo, str(server.socket)) if c.check == "capture"]
+        assert [(c.status, c.table) for c in capture] == [("fail", "alice.docs")]
+        assert "mgte_insert on alice.docs" in capture[0].message and "mgte_update on alice.docs" in capture[0].message
+        with connect(db, "eve") as eve, pytest.raises(psycopg.Error) as raised:
+            eve.execute("SELECT mgte_resync('alice.docs')")
+        assert raised.value.sqlstate == "42501"
+        alice.execute("SELECT mgte_resync('alice.docs')")
+        wait_until(lambda: current(db), "what the triggers missed is embedded")
+        assert [c for c in diagnose(db.conninfo, str(server.socket)) if c.check == "capture"] == []
+        alice.execute("UPDATE alice.docs SET body = 'updated through the trigger made again' WHERE id = 2")
+        wait_until(lambda: current(db), "the triggers work again")
+
