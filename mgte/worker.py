@@ -263,9 +263,10 @@ class Worker:
             self._capture_error = error
 
     def _compare_requested(self, conn: psycopg.Connection[Any], tables: list[Table]) -> None:
-        """Compares whole each partitioned table whose partitions DDL attached, detached or
-        dropped (mgte.compare_requests, see sql/auto_embed.sql), every set of it, and takes
-        the request back in the same transaction: a failure leaves it for the next pass."""
+        """Compares whole each table that mgte.compare_requests names (writes no trigger saw:
+        partitions attached, detached or dropped, a column rewritten, mgte_resync; see
+        sql/auto_embed.sql), every set of it, and deletes the request in the same transaction:
+        a failure leaves it for the next pass."""
         for (oid,) in conn.execute("SELECT tbl::oid FROM mgte.compare_requests").fetchall():
             sets = [t for t in tables if t.oid == oid]
             if not sets:
@@ -277,7 +278,7 @@ class Worker:
                     for table in sets:
                         row = conn.execute(sql.SQL("SELECT {}(NULL)").format(table.function("changed"))).fetchone()
                         queued += int(row[0]) if row else 0
-                log.info("%s: its partitions changed; compared whole, %d rows queued", sets[0].name, queued)
+                log.info("%s: compared whole, as requested; %d rows queued", sets[0].name, queued)
             except psycopg.OperationalError:
                 raise
             except psycopg.errors.InsufficientPrivilege as exc:

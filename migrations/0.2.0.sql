@@ -62,17 +62,17 @@ COMMENT ON TABLE mgte.reembeddings IS 'tables being re-embedded with another mod
 SELECT pg_catalog.pg_extension_config_dump('mgte.reembeddings', '');
 GRANT SELECT ON mgte.reembeddings TO PUBLIC;
 
--- Partitioned tables whose partitions changed by DDL (attached, detached, dropped): rows that
--- came or went without a trigger or logical decoding seeing them. mgte's event triggers
--- record the table here, since they run as the installer and must not run its owner's
--- functions; a worker then brings the table up to date whole (its _changed function) and
--- deletes the row, in one transaction.
+-- Tables written in ways that no trigger and no logical decoding sees (partitions attached,
+-- detached or dropped, a column rewritten by ALTER TABLE, or anything mgte_resync is called
+-- for). mgte's event triggers record the table here, since they run as the installer and must
+-- not run its owner's functions; a worker then brings the table up to date whole (its
+-- _changed function) and deletes the row, in one transaction.
 CREATE TABLE mgte.compare_requests (
     tbl regclass PRIMARY KEY REFERENCES mgte.enabled ON DELETE CASCADE,
     requested_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE mgte.compare_requests IS
-    'partitioned tables whose partitions changed, for a worker to compare whole with their embeddings';
+    'tables written in ways no trigger saw, for a worker to compare whole with their embeddings';
 SELECT pg_catalog.pg_extension_config_dump('mgte.compare_requests', '');
 GRANT SELECT ON mgte.compare_requests TO PUBLIC;  -- for mgte_status, like mgte.enabled
 GRANT DELETE ON mgte.compare_requests TO mgte_worker;
