@@ -1654,7 +1654,7 @@ BEGIN
     END LOOP;
     -- The functions name the table, its text column and its key columns: a table renamed or
     -- moved (or in a schema renamed) gets its functions made again; a column renamed or
-    -- dropped is refused.
+    -- dropped, or the primary key dropped or changed, is refused.
     FOR cfg IN
         SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
         JOIN pg_catalog.pg_class t ON t.oid = s.tbl
@@ -1672,6 +1672,17 @@ BEGIN
                 USING ERRCODE = 'dependent_objects_still_exist',
                       HINT = format('SELECT mgte_disable(%L) first (mgte_enable again afterwards embeds the rows anew)',
                                     cfg.tbl::text);
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                       WHERE i.indrelid = cfg.tbl AND i.indisprimary
+                         AND ARRAY(SELECT a.attname FROM unnest(i.indkey) AS k(attnum)
+                                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                   ORDER BY 1) = ARRAY(SELECT unnest(cfg.key_columns) ORDER BY 1)) THEN
+            RAISE EXCEPTION 'mgte: auto-embedding of % finds its rows by their primary key (%), which must stay while it is enabled',
+                cfg.tbl, array_to_string(cfg.key_columns, ', ')
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = format('to rebuild it, drop and add it in one ALTER TABLE; to change it, SELECT mgte_disable(%L) '
+                                    'first (mgte_enable again afterwards embeds the rows anew)', cfg.tbl::text);
         END IF;
         PERFORM mgte._create_functions(cfg);
     END LOOP;

@@ -217,12 +217,14 @@ def test_a_rewritten_column_is_embedded_again_and_renames_are_followed_or_refuse
         wait_until(lambda: current(db, "alicia.papers"), "a write to the table in the renamed schema is embedded")
         assert len(alice.execute("SELECT * FROM mgte_search('alicia.papers', 'written', k => 3)").fetchall()) == 3
 
-        # Its text and key columns cannot be renamed or dropped under it.
+        # Its text and key columns cannot be renamed or dropped under it, nor its primary key.
         for statement in ("ALTER TABLE alicia.papers RENAME COLUMN body TO content",
                           "ALTER TABLE alicia.papers DROP COLUMN body",
-                          "ALTER TABLE alicia.papers RENAME COLUMN id TO paper_id"):
+                          "ALTER TABLE alicia.papers RENAME COLUMN id TO paper_id",
+                          "ALTER TABLE alicia.papers DROP CONSTRAINT docs_pkey"):
             message = refused(alice, statement, "2BP01")
             assert "mgte_disable('alicia.papers')" in message
+        alice.execute("ALTER TABLE alicia.papers DROP CONSTRAINT docs_pkey, ADD PRIMARY KEY (id)")  # rebuilt
         alice.execute("INSERT INTO alicia.papers VALUES (7, 'written after the refusals')")
         wait_until(lambda: current(db, "alicia.papers"), "writes still reach the embeddings")
 
