@@ -392,12 +392,14 @@ AS $$
     SELECT tbl UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(tbl) AS p
 $$;
 
--- Statement-level triggers see the writes of the statements that name their table, and only
--- those: a partitioned table's partitions get its triggers, but a table that is a partition
--- (written through its partitioned table) or in an inheritance tree (a parent's UPDATE and
--- DELETE reach its children, whose rows its reads include) would lose writes, so it is
--- refused, with what to do instead.
-CREATE OR REPLACE FUNCTION mgte._check_inheritance(tbl regclass)
+-- What mgte cannot follow, refused with what to do instead. Statement-level triggers see the
+-- writes of the statements that name their table, and only those: a partitioned table's
+-- partitions get its triggers, but a table that is a partition (written through its
+-- partitioned table) or in an inheritance tree (a parent's UPDATE and DELETE reach its
+-- children, whose rows its reads include) would lose writes. The set's functions read the
+-- table as its owner, from whom FORCE ROW LEVEL SECURITY would hide rows, which would then
+-- count as deleted.
+CREATE OR REPLACE FUNCTION mgte._check_followable(tbl regclass)
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -422,6 +424,13 @@ BEGIN
             tbl, relative
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'mgte follows declarative partitioning (PARTITION BY), not table inheritance (INHERITS)';
+    END IF;
+    IF (SELECT c.relforcerowsecurity FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION '% has FORCE ROW LEVEL SECURITY, whose policies would hide rows from the owner''s role, '
+                        'as which mgte reads the table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY (the policies still bind every other role)',
+                                tbl);
     END IF;
 END
 $$;
@@ -1101,7 +1110,7 @@ BEGIN
     IF rel.nspname = 'mgte' THEN
         RAISE EXCEPTION 'cannot enable auto-embedding on mgte''s own table %', tbl USING ERRCODE = 'wrong_object_type';
     END IF;
-    PERFORM mgte._check_inheritance(tbl);
+    PERFORM mgte._check_followable(tbl);
     IF mode <> 'logical' AND EXISTS (SELECT FROM pg_catalog.pg_subscription_rel r
                                      WHERE r.srrelid IN (SELECT mgte._trigger_relations(tbl))) THEN
         RAISE EXCEPTION '% is written by a logical replication subscription, whose apply worker fires no '
@@ -1561,7 +1570,7 @@ DROP EVENT TRIGGER IF EXISTS mgte_drop;
 CREATE EVENT TRIGGER mgte_drop ON sql_drop EXECUTE FUNCTION mgte._on_drop();
 
 -- DDL that changes an enabled table's partitions or inheritance. An enabled table made a
--- partition or put in an inheritance tree is refused (see _check_inheritance). A partition
+-- partition or put in an inheritance tree is refused (see _check_followable). A partition
 -- created or attached under one gets each set's triggers, and one detached loses them (found
 -- by comparing the partitions with the relations that have the set's triggers). Rows that
 -- came in with an attached partition or left with a detached one are seen by no trigger and
@@ -1582,7 +1591,7 @@ DECLARE
     changed boolean;
 BEGIN
     -- An enabled table that this DDL made a partition or put in an inheritance tree.
-    PERFORM mgte._check_inheritance(e.tbl) FROM mgte.enabled e
+    PERFORM mgte._check_followable(e.tbl) FROM mgte.enabled e
     WHERE EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
                   WHERE c.classid = 'pg_catalog.pg_class'::regclass
                     AND (c.objid = e.tbl OR EXISTS (SELECT FROM pg_catalog.pg_inherits i

@@ -149,9 +149,10 @@ def refused(conn: Connection, statement: str, sqlstate: str) -> str:
     return f"{raised.value.diag.message_primary} ({raised.value.diag.message_hint})"
 
 
-def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Database) -> None:
-    """Its triggers would miss writes: those through the partitioned table, or a parent's
-    UPDATE and DELETE of its children's rows."""
+def test_what_mgte_cannot_follow_is_refused_with_what_to_do(db: Database) -> None:
+    """A partition or a table in an inheritance tree: its triggers would miss writes, those
+    through the partitioned table or a parent's UPDATE and DELETE of its children's rows. A
+    table whose policies bind its owner: mgte would miss rows."""
     with connect(db, "alice") as alice:
         alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
         alice.execute("CREATE TABLE alice.docs_low PARTITION OF alice.docs FOR VALUES FROM (0) TO (100)")
@@ -174,6 +175,14 @@ def test_a_partition_or_an_inheritance_tree_is_refused_with_what_to_do(db: Datab
         refused(alice, "CREATE TABLE alice.docs_more_child () INHERITS (alice.docs_more)", "0A000")
         assert db.one("SELECT to_regclass('alice.docs_more_child')") is None
         refused(alice, "ALTER TABLE alice.docs_more INHERIT alice.notes", "0A000")
+
+        # Policies forced on the owner would hide rows from mgte, which reads as the owner.
+        alice.execute("ALTER TABLE alice.docs_more ENABLE ROW LEVEL SECURITY")  # not forced: fine
+        message = refused(alice, "ALTER TABLE alice.docs_more FORCE ROW LEVEL SECURITY", "55000")
+        assert "NO FORCE ROW LEVEL SECURITY" in message
+        alice.execute("CREATE TABLE alice.secret (id bigint PRIMARY KEY, body text)")
+        alice.execute("ALTER TABLE alice.secret ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+        refused(alice, "SELECT mgte_enable('alice.secret', 'body')", "55000")
 
         # Partitions of an enabled partitioned table are welcome.
         alice.execute("SELECT mgte_enable('alice.docs', 'body')")
