@@ -67,6 +67,7 @@ def test_writes_to_partitions_and_partitions_that_come_and_go_reach_the_embeddin
         alice.execute("SELECT mgte_enable('alice.docs', 'body', mode => %s)", [mode])
         start_worker(db)
         wait_until(lambda: current(db), "the rows of every partition are embedded")
+        assert db.one("SELECT mgte._publication_intact()") is (mode == "logical")
 
         # Written to the partitions themselves, at both levels.
         alice.execute("INSERT INTO alice.docs_low VALUES (1, 'into the partition')")
@@ -103,6 +104,7 @@ def test_writes_to_partitions_and_partitions_that_come_and_go_reach_the_embeddin
         wait_until(lambda: current(db), "a dropped partition's rows are no longer stored")
         assert 400 not in stored_ids(db) and 302 not in stored_ids(db)
         assert db.one("SELECT count(*) FROM mgte.compare_requests") == 0
+        assert "made again" not in db.worker_logs()  # the publication was as mgte made it throughout
 
         alice.execute("TRUNCATE alice.docs")
         wait_until(lambda: db.one("SELECT count(*) FROM mgte.docs_embeddings") == 0, "the whole table is truncated")
