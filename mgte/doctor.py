@@ -105,8 +105,8 @@ def diagnose(dsn: str, socket_path: str) -> list[Check]:
             checks += _models(tables, served or backend_info, socket_path)
             checks.append(_workers(conn, tables, socket_path))
             checks += _slot(conn, socket_path)
-            checks += _triggers(conn)
-            checks += _subscribed(conn)
+            if extension.status == "ok":  # they read this release's catalog, which an outdated one lacks
+                checks += _triggers(conn) + _subscribed(conn)
             checks += [queue_check(table) for table in tables]
         except psycopg.Error as exc:
             # Most likely the DSN's role may not read what a check needs; the rest is not checked.

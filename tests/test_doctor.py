@@ -178,6 +178,7 @@ def test_outdated_extension(cluster: Cluster, server: ServerProcess, capsys: pyt
         assert extension["message"] == f"mgte 0.1.0 is installed and {__version__} available: ALTER EXTENSION " \
                                        f"mgte UPDATE would run 0.1.0 -> {__version__}"
         assert extension["fix"].startswith("ALTER EXTENSION mgte UPDATE")
+        assert "database" not in [c["check"] for c in checks]  # every check ran on the outdated catalog
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ALTER EXTENSION mgte UPDATE")
