@@ -434,9 +434,7 @@ def _triggers(conn: psycopg.Connection[Any]) -> list[Check]:
     wants them) are missing or disabled: the writes meanwhile are not embedded. No check for
     the others."""
     rows = conn.execute("""
-        WITH sets AS (
-            SELECT e.tbl, e.mode, 'mgte_' AS triggers FROM mgte.enabled e
-            UNION ALL SELECT e.tbl, e.mode, 'mgte_next_' FROM mgte.reembeddings r JOIN mgte.enabled e USING (tbl)),
+        WITH sets AS (SELECT (s.cfg).tbl, (s.cfg).mode, s.triggers FROM mgte._sets() s),
         wanted AS (
             SELECT s.tbl, rel, s.triggers || event AS name
             FROM sets s, mgte._trigger_relations(s.tbl) AS rel, unnest(mgte._trigger_events()) AS event

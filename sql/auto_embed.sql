@@ -582,6 +582,17 @@ AS $$
     WHERE e.tbl = _next_set.tbl
 $$;
 
+-- Every set of objects: each enabled table's, and the second one of a table being re-embedded,
+-- with the prefix of its triggers' names.
+CREATE OR REPLACE FUNCTION mgte._sets()
+RETURNS TABLE (cfg mgte.enabled, triggers text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e, 'mgte_' FROM mgte.enabled e
+    UNION ALL SELECT mgte._next_set(r.tbl), 'mgte_next_' FROM mgte.reembeddings r
+$$;
+
 -- Sets a new table up (everything but its rows, which mgte_enable queues as the owner), or
 -- changes the mode of one that is set up.
 CREATE OR REPLACE FUNCTION mgte._provision(cfg mgte.enabled)
@@ -1345,6 +1356,18 @@ $$;
 COMMENT ON FUNCTION mgte_retry_failed(regclass) IS
 'queue the rows of a table that the mgte server rejected (its dead letters) again; returns how many';
 
+-- Asks a worker to compare `tbl` whole with what is stored (mgte.compare_requests) and wakes it.
+CREATE OR REPLACE FUNCTION mgte._request_compare(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO mgte.compare_requests (tbl) VALUES (tbl) ON CONFLICT DO NOTHING;
+    PERFORM pg_catalog.pg_notify('mgte', tbl::text);
+END
+$$;
+
 -- After writes that no trigger saw (triggers disabled or dropped by hand, a bulk load under
 -- session_replication_role = replica): the table's triggers made again as its mode wants
 -- them, and a worker asked to compare it whole (mgte.compare_requests).
@@ -1371,8 +1394,7 @@ AS $$
 BEGIN
     PERFORM mgte._consume_authorization(tbl);
     PERFORM mgte._switch_capture(mgte._config(tbl));
-    INSERT INTO mgte.compare_requests (tbl) VALUES (tbl) ON CONFLICT DO NOTHING;
-    PERFORM pg_catalog.pg_notify('mgte', tbl::text);
+    PERFORM mgte._request_compare(tbl);
 END
 $$;
 
@@ -1530,7 +1552,7 @@ REVOKE ALL ON FUNCTION mgte._consume_authorization(regclass), mgte._drop_objects
     mgte._create_set(mgte.enabled, text), mgte._drop_set(mgte.enabled, text, boolean),
     mgte._give_set(mgte.enabled, text), mgte._create_triggers(mgte.enabled, text), mgte._drop_triggers(regclass, text),
     mgte._create_triggers_on(mgte.enabled, regclass, text), mgte._drop_triggers_on(regclass, text),
-    mgte._create_functions(mgte.enabled),
+    mgte._create_functions(mgte.enabled), mgte._request_compare(regclass),
     mgte._switch_capture(mgte.enabled),
     mgte._create_index_on(mgte.enabled),
     mgte._create_search_view(mgte.enabled, text) FROM PUBLIC;
@@ -1545,6 +1567,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg mgte.enabled;
+    tables oid[];
 BEGIN
     FOR cfg IN SELECT e.* FROM mgte.enabled e
                JOIN pg_catalog.pg_event_trigger_dropped_objects() d ON d.objid = e.tbl::oid
@@ -1557,12 +1580,8 @@ BEGIN
         DELETE FROM mgte.partitions p USING pg_catalog.pg_event_trigger_dropped_objects() d
         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0 AND d.objid = p.partition::oid
         RETURNING p.tbl)
-    INSERT INTO mgte.compare_requests (tbl)
-    SELECT DISTINCT e.tbl FROM dropped JOIN mgte.enabled e ON e.tbl::oid = dropped.tbl::oid
-    ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        PERFORM pg_catalog.pg_notify('mgte', '');
-    END IF;
+    SELECT array_agg(DISTINCT dropped.tbl::oid) INTO tables FROM dropped;
+    PERFORM mgte._request_compare(e.tbl) FROM mgte.enabled e WHERE e.tbl::oid = ANY (tables);
 END
 $$;
 
@@ -1599,9 +1618,7 @@ BEGIN
     SELECT coalesce(array_agg(c.objid), '{}') INTO created FROM pg_catalog.pg_event_trigger_ddl_commands() c
     WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_catalog.pg_class'::regclass;
     FOR s IN
-        SELECT sets.cfg, sets.triggers
-        FROM (SELECT e AS cfg, 'mgte_' AS triggers FROM mgte.enabled e
-              UNION ALL SELECT mgte._next_set(r.tbl), 'mgte_next_' FROM mgte.reembeddings r) sets
+        SELECT sets.cfg, sets.triggers FROM mgte._sets() sets
         JOIN pg_catalog.pg_class t ON t.oid = (sets.cfg).tbl
         WHERE t.relkind = 'p' AND EXISTS (
             SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
@@ -1626,8 +1643,7 @@ BEGIN
             changed := changed OR rel::oid <> ALL (created);
         END LOOP;
         IF changed THEN
-            INSERT INTO mgte.compare_requests (tbl) VALUES (cfg.tbl) ON CONFLICT DO NOTHING;
-            PERFORM pg_catalog.pg_notify('mgte', cfg.tbl::text);
+            PERFORM mgte._request_compare(cfg.tbl);
         END IF;
     END LOOP;
 END
@@ -1665,8 +1681,8 @@ BEGIN
     -- moved (or in a schema renamed) gets its functions made again; a column renamed or
     -- dropped, or the primary key dropped or changed, is refused.
     FOR cfg IN
-        SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
-        JOIN pg_catalog.pg_class t ON t.oid = s.tbl
+        SELECT (s.cfg).* FROM mgte._sets() s
+        JOIN pg_catalog.pg_class t ON t.oid = (s.cfg).tbl
         WHERE EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
                       WHERE (c.classid = 'pg_catalog.pg_class'::regclass AND c.objid = t.oid)
                          OR (c.classid = 'pg_catalog.pg_namespace'::regclass AND c.objid = t.relnamespace))
@@ -1696,9 +1712,9 @@ BEGIN
         PERFORM mgte._create_functions(cfg);
     END LOOP;
     FOR cfg IN
-        SELECT s.* FROM (SELECT * FROM mgte.enabled UNION ALL SELECT (mgte._next_set(tbl)).* FROM mgte.reembeddings) s
-        JOIN pg_catalog.pg_class t ON t.oid = s.tbl
-        JOIN pg_catalog.pg_class q ON q.oid = s.queue
+        SELECT (s.cfg).* FROM mgte._sets() s
+        JOIN pg_catalog.pg_class t ON t.oid = (s.cfg).tbl
+        JOIN pg_catalog.pg_class q ON q.oid = (s.cfg).queue
         WHERE t.relowner <> q.relowner
     LOOP
         PERFORM mgte._give_set(cfg, mgte._owner(cfg.tbl));
@@ -1724,13 +1740,8 @@ DECLARE
     rewritten oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
 BEGIN
     IF pg_catalog.pg_event_trigger_table_rewrite_reason() & 4 <> 0 THEN  -- AT_REWRITE_COLUMN_REWRITE
-        INSERT INTO mgte.compare_requests (tbl)
-        SELECT e.tbl FROM mgte.enabled e
-        WHERE e.tbl::oid = rewritten OR e.tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(rewritten))
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            PERFORM pg_catalog.pg_notify('mgte', '');
-        END IF;
+        PERFORM mgte._request_compare(e.tbl) FROM mgte.enabled e
+        WHERE e.tbl::oid = rewritten OR e.tbl IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(rewritten));
     END IF;
 END
 $$;
