@@ -53,6 +53,15 @@ def triggers(db: Database, table: str) -> set[str]:
 ASYNC = {"mgte_insert", "mgte_update", "mgte_delete", "mgte_truncate"}
 
 
+def embedded_docs(db: Database, alice: Connection) -> None:
+    """alice.docs, a plain table of 5 rows, enabled by alice, its rows embedded by a worker."""
+    alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text)")
+    alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
+    alice.execute("SELECT mgte_enable('alice.docs', 'body')")
+    start_worker(db)
+    wait_until(lambda: current(db), "embedded")
+
+
 @pytest.mark.parametrize("mode", ["async", "logical"])
 def test_writes_to_partitions_and_partitions_that_come_and_go_reach_the_embeddings(db: Database, mode: str) -> None:
     with connect(db, "alice") as alice:
@@ -209,11 +218,7 @@ def test_what_mgte_cannot_follow_is_refused_with_what_to_do(db: Database) -> Non
 
 def test_a_rewritten_column_is_embedded_again_and_renames_are_followed_or_refused(db: Database) -> None:
     with connect(db, "alice") as alice:
-        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text)")
-        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
-        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
-        start_worker(db)
-        wait_until(lambda: current(db), "embedded")
+        embedded_docs(db, alice)
 
         # Every text changes, and no trigger fires.
         alice.execute("ALTER TABLE alice.docs ALTER COLUMN body TYPE varchar(100) USING upper(body)")
@@ -243,11 +248,7 @@ def test_a_rewritten_column_is_embedded_again_and_renames_are_followed_or_refuse
 def test_resync_mends_triggers_disabled_or_dropped_by_hand_and_what_they_missed(
         db: Database, server: ServerProcess) -> None:
     with connect(db, "alice") as alice:
-        alice.execute("CREATE TABLE alice.docs (id bigint PRIMARY KEY, body text)")
-        alice.execute("INSERT INTO alice.docs SELECT g, 'document ' || g FROM generate_series(1, 5) g")
-        alice.execute("SELECT mgte_enable('alice.docs', 'body')")
-        start_worker(db)
-        wait_until(lambda: current(db), "embedded")
+        embedded_docs(db, alice)
         alice.execute("ALTER TABLE alice.docs DISABLE TRIGGER mgte_insert")
         alice.execute("DROP TRIGGER mgte_update ON alice.docs")
         alice.execute("INSERT INTO alice.docs VALUES (6, 'inserted while its trigger was disabled')")
